@@ -1,0 +1,148 @@
+"""CIFAR10DataModule: where the images come from, how they are split, batched and augmented."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from datamodules import augment, sources
+from datamodules.sources import DataError, Split
+from datamodules.tensor_batches import TensorBatches, keep_batch
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 (or any image-folder tree) as uint8 batches, augmented on the training device.
+
+    Args:
+        data_dir: a folder holding ``cifar-10-batches-py/`` (official CIFAR-10), or an image-folder
+            tree ``train/<class>/*`` with optional ``val/`` and ``test/``. An absent or empty
+            folder gets the official files downloaded into it when ``download`` is true.
+        download: allow downloading the official files.
+        cache_dir: where decoded image folders are cached (default ``~/.cache/cifar10-lightning``).
+        val_size: images held out of train for validation, by a seeded split; ignored when the
+            tree has a ``val/`` folder.
+        split_seed: seed of that split; kept apart from the training seed so that changing one
+            does not move images between train and validation.
+        batch_size: training batch size (images).
+        eval_batch_size: validation/test batch size; defaults to ``batch_size``.
+        image_size: images are resized to ``image_size`` x ``image_size`` pixels when they differ.
+        crop_padding: random-crop augmentation: pad by this many pixels, crop back at a random
+            offset (0: off).
+        flip: random horizontal flip augmentation.
+        num_workers: DataLoader worker processes. 0 is right here: a batch is one tensor index.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = True,
+        cache_dir: str | None = None,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        image_size: int = 32,
+        crop_padding: int = 0,
+        flip: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("image_size", image_size)):
+            if value < 1:
+                raise DataError(f"--data.{name} must be a positive integer; got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise DataError(f"--data.eval_batch_size must be a positive integer; got {eval_batch_size}")
+        if crop_padding < 0 or num_workers < 0:
+            raise DataError("--data.crop_padding and --data.num_workers must be >= 0")
+        self.save_hyperparameters()
+        # Known without decoding anything, so the CLI can link num_classes/class names into the model.
+        self.classes: list[str] = sources.discover_classes(data_dir, download)
+        self.train_split: Split | None = None
+        self.val_split: Split | None = None
+        self.test_split: Split | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.hparams.image_size
+
+    def _source_kwargs(self) -> dict:
+        hp = self.hparams
+        return {"download": hp.download, "cache_dir": hp.cache_dir, "image_size": hp.image_size, "log": rank_zero_info}
+
+    def prepare_data(self) -> None:
+        sources.prepare(self.hparams.data_dir, **self._source_kwargs())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_split is not None:
+            return
+        start = time.perf_counter()
+        data = sources.load(self.hparams.data_dir, **self._source_kwargs())
+        if data.classes != self.classes:
+            raise DataError(f"class folders changed while starting up: {self.classes} -> {data.classes}")
+        if data.val is not None:
+            self.train_split, self.val_split = data.train, data.val
+            how = "val/ folder"
+        else:
+            train_idx, val_idx = sources.split_indices(len(data.train), self.hparams.val_size, self.hparams.split_seed)
+            self.train_split = Split(data.train.images[train_idx], data.train.labels[train_idx])
+            self.val_split = Split(data.train.images[val_idx], data.train.labels[val_idx])
+            how = f"seeded split of train, split_seed={self.hparams.split_seed}"
+        self.test_split = data.test
+        test = f"{len(self.test_split):,}" if self.test_split is not None else "none"
+        rank_zero_info(
+            f"Data ({data.kind}, {self.num_classes} classes, {self.image_size}x{self.image_size}): "
+            f"train {len(self.train_split):,} | val {len(self.val_split):,} ({how}) | test {test} "
+            f"[loaded in {time.perf_counter() - start:.1f} s]"
+        )
+
+    @property
+    def has_test_split(self) -> bool:
+        if self.test_split is None:
+            self.setup()
+        return self.test_split is not None
+
+    def _loader(self, split: Split | None, name: str, train: bool) -> DataLoader:
+        if split is None:
+            raise DataError(f"no {name} split in {self.hparams.data_dir}; add {name}/<class>/ images there")
+        hp = self.hparams
+        return DataLoader(
+            TensorBatches(split.images, split.labels),
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            # A last batch of a few images gives a noisy gradient step; the tutorial kept it, so do we
+            # unless it would be a single image (BatchNorm cannot train on one).
+            drop_last=train and len(split) % hp.batch_size == 1,
+            collate_fn=keep_batch,
+            num_workers=hp.num_workers,
+            pin_memory=self._on_cuda(),
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_split, "val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, "test", train=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            images = augment.random_crop(images, self.hparams.crop_padding)
+            if self.hparams.flip:
+                images = augment.random_flip(images)
+        return images, labels

@@ -1,0 +1,322 @@
+"""Read CIFAR-10 into uint8 tensors, once: the official python batches or an image-folder tree.
+
+Two layouts are understood, chosen from what ``data_dir`` holds:
+
+* official: ``data_dir/cifar-10-batches-py`` (read and md5-checked by torchvision, downloaded
+  into ``data_dir`` when it is absent or empty and downloading is allowed);
+* image folder: ``data_dir/train/<class>/*`` with optional ``val/`` and ``test/`` beside it.
+
+Image folders are decoded once and cached as one ``.pt`` file per tree in a cache directory
+(the data folder may be read-only). The cache key includes every file's path, size and mtime,
+so adding, removing or editing an image rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+OFFICIAL_FOLDER = "cifar-10-batches-py"
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Bump when the cache layout or decoding changes, so old caches are not trusted.
+CACHE_FORMAT = 1
+
+
+class DataError(Exception):
+    """A problem with the user's data or data options; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # (N, 3, H, W) uint8
+    labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    classes: list[str]
+    train: Split
+    val: Split | None  # None: the caller splits train
+    test: Split | None  # None: no test split available
+    kind: str  # "official" or "folder"
+
+
+def detect_layout(data_dir: str | os.PathLike, download: bool) -> str:
+    """Return "official" or "folder" for ``data_dir``, or raise DataError saying what to put there."""
+    root = Path(data_dir)
+    if (root / OFFICIAL_FOLDER).is_dir():
+        return "official"
+    if (root / "train").is_dir():
+        return "folder"
+    if root.is_file():
+        raise DataError(f"data_dir {root} is a file; point --data.data_dir at a folder")
+    absent_or_empty = not root.exists() or not any(p for p in root.iterdir() if not p.name.startswith("."))
+    # Downloading into a folder that holds something else could hide a mistyped path.
+    if absent_or_empty and download:
+        return "official"
+    if not root.exists():
+        raise DataError(
+            f"data_dir {root} does not exist: create it and allow --data.download true, or point "
+            f"--data.data_dir at a folder holding {OFFICIAL_FOLDER}/ or train/<class>/*"
+        )
+    raise DataError(
+        f"data_dir {root} holds neither {OFFICIAL_FOLDER}/ nor train/<class>/ folders; point "
+        f"--data.data_dir at the folder that contains them"
+    )
+
+
+def discover_classes(data_dir: str | os.PathLike, download: bool) -> list[str]:
+    """Class names without decoding any image (cheap enough to call from a constructor)."""
+    if detect_layout(data_dir, download) == "official":
+        return list(CIFAR10_CLASSES)
+    return _class_folders(Path(data_dir) / "train")
+
+
+def load(
+    data_dir: str | os.PathLike,
+    *,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int = 32,
+    log=print,
+) -> SourceData:
+    """Load every available split of ``data_dir`` as uint8 tensors of ``image_size`` x ``image_size``."""
+    if detect_layout(data_dir, download) == "official":
+        return _load_official(Path(data_dir), download, image_size)
+    return _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log)
+
+
+def prepare(
+    data_dir: str | os.PathLike,
+    *,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int = 32,
+    log=print,
+) -> None:
+    """Download or build the cache once (Lightning calls this on one process per node)."""
+    if detect_layout(data_dir, download) == "official":
+        _official_dataset(Path(data_dir), train=True, download=download)
+        _official_dataset(Path(data_dir), train=False, download=download)
+    else:
+        _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifar10-lightning"
+
+
+# --------------------------------------------------------------------------------------------
+# Official CIFAR-10 batches
+
+
+def _official_dataset(root: Path, train: bool, download: bool):
+    from torchvision.datasets import CIFAR10
+
+    present = (root / OFFICIAL_FOLDER).is_dir()
+    try:
+        return CIFAR10(str(root), train=train, download=download and not present)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        if present:
+            raise DataError(
+                f"{root / OFFICIAL_FOLDER} failed torchvision's md5 integrity check ({err}); delete it "
+                f"and download again, or point --data.data_dir at an image-folder tree"
+            ) from None
+        raise DataError(
+            f"CIFAR-10 is not in {root} and downloading is off: put {OFFICIAL_FOLDER}/ there, allow "
+            f"--data.download true, or point --data.data_dir at an image-folder tree"
+        ) from None
+    except OSError as err:  # URLError, socket and DNS failures, disk errors while downloading
+        raise DataError(
+            f"could not download CIFAR-10 into {root} ({err}): put the official {OFFICIAL_FOLDER}/ "
+            f"folder there, or point --data.data_dir at an image-folder tree (train/<class>/*.png)"
+        ) from None
+
+
+def _load_official(root: Path, download: bool, image_size: int) -> SourceData:
+    splits = {}
+    for name, train in (("train", True), ("test", False)):
+        ds = _official_dataset(root, train=train, download=download)
+        # (N, H, W, C) numpy -> (N, C, H, W) contiguous, the layout convolutions want.
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits[name] = Split(_resize_batch(images, image_size), torch.tensor(ds.targets, dtype=torch.int64))
+    return SourceData(list(CIFAR10_CLASSES), splits["train"], None, splits["test"], "official")
+
+
+# --------------------------------------------------------------------------------------------
+# Image-folder trees
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    try:
+        names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    except OSError as err:
+        raise DataError(f"cannot list {split_dir}: {err.strerror}") from None
+    if not names:
+        raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>")
+    return names
+
+
+def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, int]]]]:
+    """Classes, and per split a list of (relative path, label, size, mtime_ns) in a stable order."""
+    classes = _class_folders(root / "train")
+    files: dict[str, list[tuple[str, int, int, int]]] = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        found = _class_folders(split_dir)
+        if found != classes:
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            what = (
+                f"class folder(s) {', '.join(missing)} missing from {split}/"
+                if missing
+                else f"class folder(s) {', '.join(extra)} in {split}/ are not in train/"
+            )
+            raise DataError(f"{what}: every split of {root} needs the same class folders as train/")
+        entries = []
+        for label, name in enumerate(classes):
+            with os.scandir(split_dir / name) as it:
+                for e in it:
+                    if e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    st = e.stat()
+                    entries.append((f"{split}/{name}/{e.name}", label, st.st_size, st.st_mtime_ns))
+        entries.sort()
+        if not entries:
+            raise DataError(f"no images in {split_dir}: expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
+        files[split] = entries
+    return classes, files
+
+
+def _cache_path(root: Path, cache_dir: Path, image_size: int, files) -> tuple[Path, str]:
+    where = hashlib.sha256(f"{root.resolve()}|{image_size}".encode()).hexdigest()[:12]
+    content = hashlib.sha256(json.dumps([CACHE_FORMAT, image_size, files]).encode()).hexdigest()[:16]
+    prefix = f"{root.resolve().name}-{image_size}px-{where}-"
+    return cache_dir / f"{prefix}{content}.pt", prefix
+
+
+def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log) -> SourceData:
+    classes, files = _scan(root)
+    path, prefix = _cache_path(root, cache_dir, image_size, files)
+    if path.is_file():
+        try:
+            # mmap: the tensors are paged in as batches touch them, so a warm start is ~instant.
+            blob = torch.load(path, weights_only=True, mmap=True)
+            return _from_blob(blob)
+        except Exception as err:  # a damaged cache is rebuilt, never trusted
+            log(f"Cache {path} is unreadable ({err}); rebuilding it")
+    n = sum(len(v) for v in files.values())
+    log(f"Decoding {n:,} images from {root} (once; cached in {cache_dir})")
+    start = time.perf_counter()
+    blob: dict = {"classes": classes}
+    done = 0
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work and are
+        # the fastest on small files. _read_image falls back to Pillow where they fail.
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
+        for split, entries in files.items():
+            images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
+            for i, (rel, _, _, _) in enumerate(entries):
+                images[i] = _read_image(root / rel, image_size)
+                done += 1
+                if done % 10000 == 0:
+                    log(f"  decoded {done:,}/{n:,} images")
+            blob[f"{split}_images"] = images
+            blob[f"{split}_labels"] = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+    log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
+    _write_cache(path, prefix, blob, log)
+    return _from_blob(blob)
+
+
+def _write_cache(path: Path, prefix: str, blob: dict, log) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+        for stale in path.parent.glob(f"{prefix}*.pt"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError as err:
+        # The data is already decoded in memory; only the next start gets slower.
+        log(f"Could not write the image cache {path} ({err.strerror}); set --data.cache_dir to a writable folder")
+
+
+def _from_blob(blob: dict) -> SourceData:
+    def split(name: str) -> Split | None:
+        if f"{name}_images" not in blob:
+            return None
+        return Split(blob[f"{name}_images"], blob[f"{name}_labels"])
+
+    return SourceData(list(blob["classes"]), split("train"), split("val"), split("test"), "folder")
+
+
+def _read_image(path: Path, image_size: int) -> Tensor:
+    """Decode one file to (3, image_size, image_size) uint8, or raise DataError naming it."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err.strerror}") from None
+    try:
+        # torchvision's native decoders are ~3x faster than Pillow on small JPEG/PNG files.
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        image = _read_with_pillow(path)  # formats torchvision does not decode (BMP, TIFF, ...)
+    return _resize_batch(image[None], image_size)[0]
+
+
+def _read_with_pillow(path: Path) -> Tensor:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot decode image {path} ({err}); fix or remove the file") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def _resize_batch(images: Tensor, size: int) -> Tensor:
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    from torchvision.transforms.v2.functional import resize
+
+    return resize(images, [size, size], antialias=True)
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random (train, val) partition of range(n); the same seed gives the same split."""
+    if not 0 < val_size < n:
+        raise DataError(f"val_size must be between 1 and {n - 1} for {n:,} training images; got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values

@@ -1,0 +1,197 @@
+"""ImageClassifier: a network plus everything needed to train it and to use it alone later.
+
+The module owns its input contract: ``forward`` takes uint8 images and normalises them with
+mean/std buffers kept in the state_dict, and the class names and input size are
+hyper-parameters. A checkpoint alone is therefore enough to predict, serve or export.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from datamodules.sources import CIFAR10_CLASSES
+
+# The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
+DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
+STAGES = ("train", "val", "test")
+
+
+def stage_metrics(num_classes: int) -> MetricCollection:
+    """All metrics of one stage. Scalars are logged; the per-class vector and the confusion matrix are kept."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "precision": MulticlassPrecision(num_classes, average="macro"),
+            "recall": MulticlassRecall(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "acc_per_class": MulticlassAccuracy(num_classes, average=None),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+def describe_net(net: nn.Module) -> dict[str, Any]:
+    """A plain-data description (class path, constructor arguments) of a network instance.
+
+    Our networks keep each constructor argument as an attribute of the same name, which is what
+    lets a checkpoint record how to rebuild them without pickling the object.
+    """
+    cls = type(net)
+    init_args = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and hasattr(net, name):
+            value = getattr(net, name)
+            if isinstance(value, (bool, int, float, str, type(None), list, tuple)):
+                init_args[name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+class ImageClassifier(L.LightningModule):
+    """Classifies uint8 images ``(N, 3, H, W)`` with the injected network.
+
+    Args:
+        net: the network; it receives normalised float images and returns logits.
+        class_names: one name per output, in label order (linked from the DataModule by the CLI).
+        image_size: input height and width in pixels (linked from the DataModule).
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel std divided by after that. mean 0 / std 1 is the tutorial's scaling only.
+        label_smoothing: CrossEntropyLoss label smoothing (0: off).
+        optimizer: ``{"class_path": ..., "init_args": {...}}`` of a torch optimiser; set by
+            ``--optimizer`` in the CLI. None: SGD with lr 0.01, the tutorial's choice.
+        lr_scheduler: the same for a learning-rate scheduler (``--lr_scheduler``); None: constant lr.
+        lr_scheduler_interval: step the scheduler every "epoch" or every "step" (batch).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: Sequence[str] = CIFAR10_CLASSES,
+        image_size: int = 32,
+        mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        label_smoothing: float = 0.0,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}")
+        with warnings.catch_warnings():
+            # Lightning warns about the nn.Module argument; it is replaced by a plain description below.
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("net"), nn.Module):
+            # Built in Python rather than by the CLI: record the net as plain data, never as a pickled object.
+            self.hparams["net"] = describe_net(net)
+        self.hparams["class_names"] = [str(c) for c in class_names]
+        self._hparams_initial = copy.deepcopy(self._hparams)
+        self.net = net
+        self.class_names = list(self.hparams["class_names"])
+        self.num_classes = len(self.class_names)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_metrics = stage_metrics(self.num_classes)
+        self.val_metrics = stage_metrics(self.num_classes)
+        self.test_metrics = stage_metrics(self.num_classes)
+        self.val_acc_best = MaxMetric()
+        # Latest confusion matrix per stage (rows: true class, columns: predicted), for reports and figures.
+        self.confusion_matrices: dict[str, Tensor] = {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(
+                f"ImageClassifier takes uint8 images (N, 3, H, W) with values 0..255, got {images.dtype}; "
+                "pass raw pixels: the model normalises them itself"
+            )
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return self.net(x)
+
+    def shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, predicted labels, true labels) for one batch; the same for every stage."""
+        images, targets = batch
+        logits = self(images)
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the network outputs {logits.shape[-1]} classes but there are {self.num_classes} class names; "
+                "set the network's num_classes to match the data"
+            )
+        loss = self.criterion(logits, targets)
+        return loss, logits.argmax(dim=-1), targets
+
+    def _metrics(self, stage: str) -> MetricCollection:
+        return getattr(self, f"{stage}_metrics")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, preds, targets = self.shared_step(batch)
+        self.train_metrics.update(preds, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+        loss, preds, targets = self.shared_step(batch)
+        self._metrics(stage).update(preds, targets)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        metrics = self._metrics(stage)
+        values = metrics.compute()  # torchmetrics syncs across processes itself
+        metrics.reset()
+        per_class = values.pop("acc_per_class")
+        self.confusion_matrices[stage] = values.pop("confusion_matrix").cpu()
+        logged = {f"{stage}/{name}": value for name, value in values.items()}
+        logged.update({f"{stage}/acc_per_class/{c}": per_class[i] for i, c in enumerate(self.class_names)})
+        for name, value in logged.items():
+            self.log(name, value, prog_bar=name == "val/acc")
+        return logged
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            # The pre-training sanity check runs a couple of batches: not a real score.
+            self.val_metrics.reset()
+            return
+        logged = self._log_epoch_metrics("val")
+        self.val_acc_best.update(logged["val/acc"])
+        self.log("val/acc_best", self.val_acc_best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        # Imported here: prediction and export never need the CLI machinery.
+        from lightning.pytorch.cli import instantiate_class
+
+        optimizer = instantiate_class(self.parameters(), self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        if not self.hparams.lr_scheduler:
+            return optimizer
+        scheduler = instantiate_class(optimizer, self.hparams.lr_scheduler)
+        config = {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

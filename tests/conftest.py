@@ -1,0 +1,91 @@
+"""Small data the tests make themselves: image-folder trees and fake official CIFAR-10 batches."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+CLASSES = ("cat", "dog", "ship")
+# One dominant colour per class, so that even a tiny run can learn something.
+CLASS_COLOURS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))
+
+
+def class_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
+    base = np.array(CLASS_COLOURS[label % len(CLASS_COLOURS)], dtype=np.int16)
+    noise = rng.integers(-40, 40, (size, size, 3), dtype=np.int16)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def make_image_folder(
+    root: Path,
+    counts: dict[str, int] | None = None,
+    classes: tuple[str, ...] = CLASSES,
+    size: int = 32,
+    suffix: str = ".png",
+    seed: int = 0,
+) -> Path:
+    """root/{split}/{class}/{i}{suffix} with ``counts[split]`` images per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (counts or {"train": 20}).items():
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(class_image(rng, label, size)).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+def make_official_batches(root: Path, per_batch: int = 6, test: int = 8, seed: int = 0) -> Path:
+    """root/cifar-10-batches-py in the official pickle format (5 train batches + test batch)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def write(name: str, n: int) -> None:
+        labels = [int(x) for x in rng.integers(0, 10, n)]
+        images = np.stack([class_image(rng, lab).transpose(2, 0, 1).reshape(-1) for lab in labels])
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": images, "labels": labels}, f)
+
+    for i in range(1, 6):
+        write(f"data_batch_{i}", per_batch)
+    write("test_batch", test)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+    return root
+
+
+@pytest.fixture
+def skip_md5(monkeypatch):
+    """Fake official batches cannot match the real md5 sums: accept them, in this test only."""
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run one of scripts/*.py in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / "xdg-cache")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,155 @@
+"""ImageClassifier and the tutorial network: input contract, loss and metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules import ImageClassifier
+from lightning_modules.nets import Tudui
+
+
+class FirstPixels(nn.Module):
+    """Logits = the first pixels of the first channel, so a test controls them through the images."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.unused = nn.Linear(1, 1)  # the optimiser needs a parameter
+
+    def forward(self, x):
+        return x[:, 0, 0, : self.num_classes]
+
+
+# Logit pixels (uint8) per sample; argmax gives preds [0, 1, 2, 0, 1, 2].
+PIXELS = [[200, 10, 30], [5, 250, 100], [0, 60, 61], [90, 20, 10], [40, 180, 20], [70, 80, 255]]
+TARGETS = [0, 1, 1, 0, 2, 0]
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.zeros(len(PIXELS), 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, :3] = torch.tensor(PIXELS, dtype=torch.uint8)
+    return images, torch.tensor(TARGETS)
+
+
+def hand_loss(mean: float, std: float) -> float:
+    total = 0.0
+    for pixels, target in zip(PIXELS, TARGETS, strict=True):
+        logits = [(p / 255 - mean) / std for p in pixels]
+        total += -logits[target] + math.log(sum(math.exp(z) for z in logits))
+    return total / len(PIXELS)
+
+
+def make_model(**kwargs) -> ImageClassifier:
+    return ImageClassifier(FirstPixels(), class_names=["a", "b", "c"], **kwargs)
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.0, 1.0), (0.5, 0.25)])
+def test_shared_step_loss_normalisation_and_predictions(mean, std):
+    model = make_model(mean=(mean,) * 3, std=(std,) * 3)
+    loss, preds, targets = model.shared_step(batch())
+    assert preds.tolist() == [0, 1, 2, 0, 1, 2]
+    assert targets.tolist() == TARGETS
+    assert loss.item() == pytest.approx(hand_loss(mean, std), rel=1e-5)
+
+
+def test_label_smoothing_changes_the_loss():
+    plain = make_model().shared_step(batch())[0]
+    smoothed = make_model(label_smoothing=0.1).shared_step(batch())[0]
+    assert smoothed.item() != pytest.approx(plain.item())
+
+
+def test_metrics_match_hand_computed_values():
+    # preds [0,1,2,0,1,2] vs targets [0,1,1,0,2,0]:
+    # class 0: precision 2/2, recall 2/3; class 1: 1/2, 1/2; class 2: 0/2, 0/1.
+    model = make_model()
+    _, preds, targets = model.shared_step(batch())
+    model.val_metrics.update(preds, targets)
+    values = model.val_metrics.compute()
+    assert values["acc"].item() == pytest.approx(3 / 6)
+    assert values["precision"].item() == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert values["recall"].item() == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert values["f1"].item() == pytest.approx((0.8 + 0.5 + 0) / 3)
+    assert values["acc_per_class"].tolist() == pytest.approx([2 / 3, 1 / 2, 0])
+    assert values["confusion_matrix"].tolist() == [[2, 0, 1], [0, 1, 1], [0, 1, 0]]
+
+
+def test_validation_logs_namespaced_metrics_and_best(tmp_path):
+    model = make_model()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    (logged,) = trainer.validate(model, DataLoader(TensorDataset(*batch()), batch_size=4))
+    assert logged["val/acc"] == pytest.approx(0.5)
+    assert logged["val/precision"] == pytest.approx(0.5)
+    assert logged["val/loss"] == pytest.approx(hand_loss(0.0, 1.0), rel=1e-5)
+    assert logged["val/acc_per_class/a"] == pytest.approx(2 / 3)
+    assert logged["val/acc_best"] == pytest.approx(0.5)
+    assert model.confusion_matrices["val"].tolist() == [[2, 0, 1], [0, 1, 1], [0, 1, 0]]
+
+
+def test_forward_takes_uint8_only():
+    with pytest.raises(TypeError, match="uint8"):
+        make_model()(torch.zeros(1, 3, 4, 4))
+
+
+def test_normalisation_lives_in_the_state_dict():
+    model = make_model(mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    state = model.state_dict()
+    assert state["mean"].flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    fresh = make_model()
+    fresh.load_state_dict(state)
+    images = batch()[0]
+    assert torch.equal(fresh(images), model(images))
+
+
+def test_network_size_mismatch_is_explained():
+    model = ImageClassifier(FirstPixels(num_classes=3), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="outputs 3 classes but there are 2 class names"):
+        model.shared_step(batch())
+
+
+def test_hparams_are_plain_data_when_built_in_python(tmp_path):
+    model = ImageClassifier(Tudui(num_classes=10))
+    expected = {"class_path": "lightning_modules.nets.tudui.Tudui", "init_args": {"num_classes": 10}}
+    assert model.hparams["net"] == expected
+    path = tmp_path / "model.ckpt"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0, default_root_dir=tmp_path)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["class_names"][0] == "airplane"
+
+
+def test_default_optimizer_is_the_tutorials_sgd():
+    optimizer = make_model().configure_optimizers()
+    assert type(optimizer) is torch.optim.SGD
+    assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["momentum"] == 0
+
+
+def test_optimizer_and_step_scheduler_from_config():
+    model = make_model(
+        optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003}},
+        lr_scheduler={"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 5}},
+        lr_scheduler_interval="step",
+    )
+    config = model.configure_optimizers()
+    assert type(config["optimizer"]) is torch.optim.AdamW and config["optimizer"].defaults["lr"] == 0.003
+    assert type(config["lr_scheduler"]["scheduler"]) is torch.optim.lr_scheduler.StepLR
+    assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_tudui_is_the_tutorial_network():
+    net = Tudui()
+    assert sum(p.numel() for p in net.parameters()) == 145_578
+    assert [type(m).__name__ for m in net.model] == [
+        "Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear", "Linear",
+    ]  # fmt: skip
+    assert not any(isinstance(m, (nn.ReLU, nn.GELU, nn.BatchNorm2d)) for m in net.modules())
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert Tudui(num_classes=4)(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    with pytest.raises(ValueError, match="--data.image_size 32"):
+        net(torch.zeros(1, 3, 64, 64))

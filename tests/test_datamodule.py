@@ -1,0 +1,143 @@
+"""CIFAR10DataModule: splits, loaders, batches, on-device augmentation; augmentation functions."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CLASSES, make_image_folder, make_official_batches
+
+from datamodules import CIFAR10DataModule, DataError, augment
+
+
+def make_dm(root, cache_dir, **kwargs) -> CIFAR10DataModule:
+    dm = CIFAR10DataModule(data_dir=str(root), cache_dir=str(cache_dir), **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_classes_are_known_before_setup(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"train": 1})
+    dm = CIFAR10DataModule(data_dir=str(root))
+    assert dm.classes == list(CLASSES) and dm.num_classes == 3
+
+
+def test_seeded_split_sizes_and_reproducibility(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 10})
+    dm = make_dm(root, cache_dir, val_size=6, split_seed=1)
+    assert len(dm.train_split) == 24 and len(dm.val_split) == 6
+    same = make_dm(root, cache_dir, val_size=6, split_seed=1)
+    assert torch.equal(dm.val_split.images, same.val_split.images)
+    other = make_dm(root, cache_dir, val_size=6, split_seed=2)
+    assert not torch.equal(dm.val_split.labels, other.val_split.labels) or not torch.equal(
+        dm.val_split.images, other.val_split.images
+    )
+    # No image is in both train and val.
+    train_rows = {bytes(x.numpy()) for x in dm.train_split.images}
+    assert not any(bytes(x.numpy()) in train_rows for x in dm.val_split.images)
+
+
+def test_val_folder_replaces_the_split(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 4, "val": 2, "test": 1})
+    dm = make_dm(root, cache_dir, val_size=9999)  # ignored: there is a val/ folder
+    assert (len(dm.train_split), len(dm.val_split), len(dm.test_split)) == (12, 6, 3)
+    assert dm.has_test_split
+
+
+def test_official_source_splits(tmp_path, skip_md5):
+    root = make_official_batches(tmp_path / "off", per_batch=4, test=5)
+    dm = CIFAR10DataModule(data_dir=str(root), val_size=5, download=False)
+    dm.setup("fit")
+    assert dm.num_classes == 10
+    assert (len(dm.train_split), len(dm.val_split), len(dm.test_split)) == (15, 5, 5)
+
+
+def test_val_size_too_large(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 2})
+    with pytest.raises(DataError, match="val_size must be between 1 and 5"):
+        make_dm(root, cache_dir, val_size=6)
+
+
+@pytest.mark.parametrize("option", ["batch_size", "image_size", "eval_batch_size"])
+def test_non_positive_sizes_are_refused(tmp_path, option):
+    root = make_image_folder(tmp_path / "d", {"train": 1})
+    with pytest.raises(DataError, match=f"--data.{option} must be a positive integer"):
+        CIFAR10DataModule(data_dir=str(root), **{option: 0})
+
+
+def test_loader_batches(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 10, "test": 2})
+    dm = make_dm(root, cache_dir, val_size=5, batch_size=8, eval_batch_size=4)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    batches = list(dm.val_dataloader())
+    assert [len(b[1]) for b in batches] == [4, 1]
+    # Evaluation order is the split's order, so every image is seen exactly once.
+    assert torch.equal(torch.cat([b[0] for b in batches]), dm.val_split.images)
+    # 25 training images in batches of 8 would leave a last batch of one image, which BatchNorm cannot
+    # train on: that one batch is dropped (a different image each epoch, as the order is shuffled).
+    assert [len(b[1]) for b in dm.train_dataloader()] == [8, 8, 8]
+    dm = make_dm(root, cache_dir, val_size=6, batch_size=7)
+    seen = torch.cat([b[1] for b in dm.train_dataloader()])
+    assert sorted(seen.tolist()) == sorted(dm.train_split.labels.tolist())
+
+
+def test_augmentation_only_on_training_batches(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 4})
+    dm = make_dm(root, cache_dir, val_size=2, crop_padding=4, flip=True)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(16)
+    dm.trainer = SimpleNamespace(training=False)
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(out, images) and torch.equal(out_labels, labels)
+    dm.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(0)
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, images) and torch.equal(out_labels, labels)
+
+
+def test_tutorial_recipe_has_no_augmentation(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 4})
+    dm = make_dm(root, cache_dir, val_size=2)
+    dm.trainer = SimpleNamespace(training=True)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(dm.on_after_batch_transfer((images, torch.zeros(4)), 0)[0], images)
+
+
+# --- augmentation functions ------------------------------------------------------------------
+
+
+def test_crop_at_matches_slicing():
+    padded = torch.arange(2 * 1 * 6 * 6, dtype=torch.int64).view(2, 1, 6, 6)
+    dy, dx = torch.tensor([0, 2]), torch.tensor([1, 0])
+    out = augment.crop_at(padded, dy, dx, 4, 4)
+    assert torch.equal(out[0], padded[0, :, 0:4, 1:5])
+    assert torch.equal(out[1], padded[1, :, 2:6, 0:4])
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (32, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding is recognisable
+    out = augment.random_crop(images, padding=2)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    offsets = set()
+    for i in range(len(images)):
+        windows = [(dy, dx) for dy in range(5) for dx in range(5)]
+        matches = [(dy, dx) for dy, dx in windows if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]
+        assert matches, f"image {i} is not a window of its padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # offsets vary per image
+    assert torch.equal(augment.random_crop(images, padding=0), images)
+
+
+def test_random_flip_mirrors_about_half():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (400, 3, 4, 4), dtype=torch.uint8)
+    out = augment.random_flip(images)
+    flipped = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, images, strict=True)])
+    kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images, strict=True)])
+    assert bool((flipped | kept).all())
+    assert 150 < int(flipped.sum()) < 250

@@ -1,0 +1,120 @@
+"""scripts/fit.py end to end, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_image_folder, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+TINY = [
+    "--data.val_size", "12",
+    "--data.batch_size", "16",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fit")
+    make_image_folder(work / "data", {"train": 12, "test": 4})
+    result = run_script("fit.py", "--data.data_dir", "data", "--trainer.max_epochs", "2", *TINY, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work, result
+
+
+@pytest.mark.slow
+def test_fit_trains_tests_and_reports(first_run):
+    work, result = first_run
+    run_dir = work / "runs" / "tutorial" / "version_0"
+    assert "Data (folder, 3 classes, 32x32): train 24 | val 12" in result.stderr
+    # The test metrics of the best checkpoint are printed, then where that checkpoint is.
+    assert "test/acc" in result.stdout and "test/precision" in result.stdout
+    assert f"Best checkpoint: {Path('runs/tutorial/version_0/checkpoints')}" in result.stdout
+    best = next((run_dir / "checkpoints").glob("epoch=*.ckpt"))
+    checkpoint = torch.load(best, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["class_names"] == ["cat", "dog", "ship"]
+    assert hparams["net"]["init_args"]["num_classes"] == 3  # linked from the data, not typed twice
+    assert checkpoint["state_dict"]["net.model.8.weight"].shape == (3, 64)
+    tags = scalars(run_dir)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/precision", "val/recall", "val/f1",
+                "val/acc_best", "test/acc", "lr-SGD"):  # fmt: skip
+        assert tag in tags, f"{tag} not logged; got {sorted(tags)}"
+    assert len(tags["val/acc"]) == 2  # once per epoch, not the sanity check
+    assert (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_resume_from_last_continues_the_run(first_run):
+    work, _ = first_run
+    run_dir = work / "runs" / "tutorial" / "version_0"
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--trainer.max_epochs", "3", "--ckpt_path", "last", "--test", "false",
+        *TINY, cwd=work,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stderr
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == before["global_step"] * 3 // 2  # one more epoch of as many steps
+    assert not (work / "runs" / "tutorial" / "version_1").exists()  # logs continue in the same run
+    assert len(scalars(run_dir)["val/acc"]) == 3
+
+
+@pytest.mark.slow
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 6})
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "6", "--trainer.max_epochs", "1",
+        "--ckpt_path", "last", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No last.ckpt under" in result.stderr and "starting a fresh run" in result.stderr
+    # No test split: said, and skipped instead of failing.
+    assert "No test split" in result.stderr
+    assert (tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    result = run_script("fit.py", "--data.data_dir", "nowhere", "--data.download", "false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data_dir nowhere does not exist")
+
+
+def test_tutorial_yaml_is_the_default(tmp_path):
+    default = run_script("fit.py", "--print_config", cwd=tmp_path)
+    tutorial = str(REPO / "configs" / "tutorial.yaml")
+    from_yaml = run_script("fit.py", "--config", tutorial, "--print_config", cwd=tmp_path)
+    assert default.returncode == 0 and from_yaml.returncode == 0, default.stderr + from_yaml.stderr
+    assert from_yaml.stdout == default.stdout
+    for expected in ("class_path: lightning_modules.nets.Tudui", "lr: 0.01", "batch_size: 64", "max_epochs: 10"):
+        assert expected in default.stdout
+
+
+def test_overrides_reach_the_config(tmp_path):
+    result = run_script(
+        "fit.py", "--optimizer", "AdamW", "--optimizer.lr", "0.002", "--model.label_smoothing", "0.1",
+        "--data.flip", "true", "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected_lines = (
+        "class_path: torch.optim.AdamW",
+        "lr: 0.002",
+        "label_smoothing: 0.1",
+        "flip: true",
+        "max_epochs: 3",
+    )
+    for expected in expected_lines:
+        assert expected in result.stdout
