@@ -1,5 +1,15 @@
-"""The LightningModule and the networks it can hold."""
+"""The LightningModule and the networks it can hold.
 
-from lightning_modules.classifier import ImageClassifier
+ImageClassifier is imported lazily: prediction imports ``lightning_modules.checkpoints`` and
+``lightning_modules.inference``, and must not pay for importing Lightning and torchmetrics.
+"""
 
 __all__ = ["ImageClassifier"]
+
+
+def __getattr__(name: str):
+    if name == "ImageClassifier":
+        from lightning_modules.classifier import ImageClassifier
+
+        return ImageClassifier
+    raise AttributeError(f"module 'lightning_modules' has no attribute {name!r}")

@@ -26,6 +26,7 @@ from torchmetrics.classification import (
 )
 
 from datamodules.sources import CIFAR10_CLASSES
+from lightning_modules.inference import normalize_uint8
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
@@ -116,13 +117,7 @@ class ImageClassifier(L.LightningModule):
         self.confusion_matrices: dict[str, Tensor] = {}
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.dtype != torch.uint8:
-            raise TypeError(
-                f"ImageClassifier takes uint8 images (N, 3, H, W) with values 0..255, got {images.dtype}; "
-                "pass raw pixels: the model normalises them itself"
-            )
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return self.net(x)
+        return self.net(normalize_uint8(images, self.mean, self.std))
 
     def shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, predicted labels, true labels) for one batch; the same for every stage."""

@@ -26,7 +26,7 @@ def test_image_folder_tensors_labels_and_splits(tmp_path, cache_dir):
     assert data.train.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5  # label = index of the sorted class folder
     assert len(data.val) == 6 and len(data.test) == 9
     # Pixels are the file's pixels, channels first.
-    first = np.asarray(Image.open(root / "train" / "cat" / "0000.png"))
+    first = np.array(Image.open(root / "train" / "cat" / "0000.png"))
     assert torch.equal(data.train.images[0], torch.from_numpy(first).permute(2, 0, 1))
 
 

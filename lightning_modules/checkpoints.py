@@ -1,0 +1,131 @@
+"""Load a classifier from a file someone handed you, without ever running code from it.
+
+Accepted, all through ``torch.load(..., weights_only=True)``:
+
+1. our Lightning ``.ckpt`` files (hyper-parameters name the network by class path; only the
+   networks in ``lightning_modules.nets.NETS`` are built);
+2. a ``state_dict`` of the tutorial network (``torch.save(model.state_dict(), "x.pth")``);
+3. the tutorial's whole pickled model (``torch.save(model, "tudui_0.pth")``), whose pickle names
+   ``__main__.Tudui`` or ``model.Tudui``: those names are mapped to our ``Tudui`` and only the
+   torch.nn layer classes it is made of are allowed. Its weights are copied into a fresh network,
+   so nothing of the unpickled object is used beyond its tensors.
+
+Anything else (a pickle that would import or call something outside the allowlist, a foreign
+class path in the hyper-parameters, a truncated or empty file) raises CheckpointError.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from datamodules.sources import CIFAR10_CLASSES
+from lightning_modules.inference import InferenceClassifier
+from lightning_modules.nets import NETS, Tudui
+
+# Where a tutorial user's pickled Tudui may claim to come from.
+TUTORIAL_CLASS_NAMES = ("__main__.Tudui", "model.Tudui", "nn_module.Tudui", "train.Tudui", "train_gpu.Tudui")
+# The layers the tutorial's network is built from, and the containers pickling an nn.Module touches.
+TUTORIAL_LAYERS = [nn.Sequential, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Linear, set]
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+CLASSIFIER_PATHS = ("lightning_modules.classifier.ImageClassifier", "lightning_modules.ImageClassifier")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded safely; the message says why and what to do."""
+
+
+def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> InferenceClassifier:
+    """An InferenceClassifier in eval mode, from any accepted file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass the path of a .ckpt or .pth file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the checkpoint was not written completely")
+    allowed = TUTORIAL_LAYERS + [(Tudui, name) for name in TUTORIAL_CLASS_NAMES]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refused a global: the file wants to import or call something not allowlisted.
+        first = str(err).strip().splitlines()
+        reason = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise CheckpointError(
+            f"refused {path}: it holds more than weights ({reason.strip()[:200]}); only our checkpoints and the "
+            "tutorial's Tudui files load, never arbitrary pickles"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(f"cannot read {path} ({reason}): truncated or not a checkpoint") from None
+
+    if isinstance(obj, nn.Module):
+        if not isinstance(obj, Tudui):
+            raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a tutorial Tudui")
+        return _tutorial_classifier(obj.state_dict(), path, map_location)
+    if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
+        return _lightning_classifier(obj, path, map_location)
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _tutorial_classifier(obj, path, map_location)
+    raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a Tudui state_dict or model")
+
+
+def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path, map_location) -> InferenceClassifier:
+    num_classes = state["model.8.weight"].shape[0] if "model.8.weight" in state else 10
+    net = Tudui(num_classes=num_classes)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match the tutorial network: {str(err).splitlines()[0]}") from None
+    if num_classes != len(CIFAR10_CLASSES):
+        raise CheckpointError(f"{path} has {num_classes} outputs; tutorial files are taken as CIFAR-10 (10 classes)")
+    model = InferenceClassifier(net, class_names=CIFAR10_CLASSES, image_size=32)
+    # Such files know no class names; the caller says so to the user.
+    model.class_names_assumed = True
+    return model.to(map_location).eval()
+
+
+def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path, map_location) -> InferenceClassifier:
+    hparams = dict(checkpoint["hyper_parameters"])
+    instantiator = hparams.get("_instantiator")
+    if instantiator not in (None, LIGHTNING_INSTANTIATOR):
+        raise CheckpointError(f"refused {path}: its hyper-parameters name an unknown instantiator {instantiator!r}")
+    class_path = hparams.get("_class_path")
+    if class_path not in (None, *CLASSIFIER_PATHS):
+        raise CheckpointError(f"refused {path}: its model class {class_path!r} is not this project's ImageClassifier")
+    net_spec = hparams.get("net")
+    if not isinstance(net_spec, Mapping) or not isinstance(net_spec.get("class_path"), str):
+        raise CheckpointError(f"{path} does not say which network it holds (hyper-parameter 'net')")
+    net_class = _allowed_net(net_spec["class_path"], path)
+    init_args = dict(net_spec.get("init_args") or {})
+    if not all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in init_args.values()):
+        raise CheckpointError(f"refused {path}: the network's arguments are not plain values")
+    try:
+        model = InferenceClassifier(
+            net_class(**init_args),
+            class_names=hparams.get("class_names") or list(CIFAR10_CLASSES),
+            image_size=int(hparams.get("image_size", 32)),
+            mean=tuple(hparams.get("mean", (0.0, 0.0, 0.0))),
+            std=tuple(hparams.get("std", (1.0, 1.0, 1.0))),
+        )
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not match its own description: {str(err).splitlines()[0][:300]}") from None
+    model.class_names_assumed = not hparams.get("class_names")
+    return model.to(map_location).eval()
+
+
+def _allowed_net(class_path: str, path: Path) -> type[nn.Module]:
+    module, _, name = class_path.rpartition(".")
+    net_class = NETS.get(name)
+    if net_class is None or not module.startswith("lightning_modules.nets"):
+        raise CheckpointError(
+            f"refused {path}: network {class_path!r} is not one of this project's ({', '.join(sorted(NETS))})"
+        )
+    return net_class

@@ -1,0 +1,12 @@
+"""Classify image files with a trained checkpoint.
+
+python scripts/predict.py --ckpt_path runs/tutorial/version_0/checkpoints/last.ckpt cat.png photos/ "shots/*.jpg"
+python scripts/predict.py --ckpt_path tudui_9.pth cat.png --top_k 3 --output preds.json
+"""
+
+import sys
+
+from lightning_modules.predict import predict_main
+
+if __name__ == "__main__":
+    sys.exit(predict_main())
