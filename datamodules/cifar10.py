@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -34,6 +35,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             offset (0: off).
         flip: random horizontal flip augmentation.
         num_workers: DataLoader worker processes. 0 is right here: a batch is one tensor index.
+        skip_bad_images: leave out image files that cannot be decoded (with a warning and a
+            count) instead of stopping at the first one.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         crop_padding: int = 0,
         flip: bool = False,
         num_workers: int = 0,
+        skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("image_size", image_size)):
@@ -75,7 +79,13 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _source_kwargs(self) -> dict:
         hp = self.hparams
-        return {"download": hp.download, "cache_dir": hp.cache_dir, "image_size": hp.image_size, "log": rank_zero_info}
+        return {
+            "download": hp.download,
+            "cache_dir": hp.cache_dir,
+            "image_size": hp.image_size,
+            "skip_bad_images": hp.skip_bad_images,
+            "log": rank_zero_info,
+        }
 
     def prepare_data(self) -> None:
         sources.prepare(self.hparams.data_dir, **self._source_kwargs())
@@ -113,10 +123,21 @@ class CIFAR10DataModule(L.LightningDataModule):
         if split is None:
             raise DataError(f"no {name} split in {self.hparams.data_dir}; add {name}/<class>/ images there")
         hp = self.hparams
+        dataset = TensorBatches(split.images, split.labels)
+        sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads the last shard with repeated images, which
+            # would count them twice in validation and test metrics; this one gives each image to
+            # exactly one process (shards may differ by one image, which evaluation tolerates).
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            TensorBatches(split.images, split.labels),
+            dataset,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
             shuffle=train,
+            sampler=sampler,
             # A last batch of a few images gives a noisy gradient step; the tutorial kept it, so do we
             # unless it would be a single image (BatchNorm cannot train on one).
             drop_last=train and len(split) % hp.batch_size == 1,

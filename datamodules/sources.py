@@ -102,12 +102,13 @@ def load(
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
+    skip_bad_images: bool = False,
     log=print,
 ) -> SourceData:
     """Load every available split of ``data_dir`` as uint8 tensors of ``image_size`` x ``image_size``."""
     if detect_layout(data_dir, download) == "official":
         return _load_official(Path(data_dir), download, image_size)
-    return _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log)
+    return _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log, skip_bad_images)
 
 
 def prepare(
@@ -116,6 +117,7 @@ def prepare(
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
+    skip_bad_images: bool = False,
     log=print,
 ) -> None:
     """Download or build the cache once (Lightning calls this on one process per node)."""
@@ -123,7 +125,7 @@ def prepare(
         _official_dataset(Path(data_dir), train=True, download=download)
         _official_dataset(Path(data_dir), train=False, download=download)
     else:
-        _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log)
+        _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log, skip_bad_images)
 
 
 def default_cache_dir() -> Path:
@@ -222,20 +224,36 @@ def _cache_path(root: Path, cache_dir: Path, image_size: int, files) -> tuple[Pa
     return cache_dir / f"{prefix}{content}.pt", prefix
 
 
-def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log) -> SourceData:
+def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_bad_images: bool) -> SourceData:
     classes, files = _scan(root)
     path, prefix = _cache_path(root, cache_dir, image_size, files)
+    blob = None
     if path.is_file():
         try:
             # mmap: the tensors are paged in as batches touch them, so a warm start is ~instant.
             blob = torch.load(path, weights_only=True, mmap=True)
-            return _from_blob(blob)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log(f"Cache {path} is unreadable ({err}); rebuilding it")
+    if blob is None:
+        log(f"Decoding {sum(len(v) for v in files.values()):,} images from {root} (once; cached in {cache_dir})")
+        blob = _decode_folder(root, classes, files, image_size, log, skip_bad_images)
+        _write_cache(path, prefix, blob, log)
+    skipped = list(blob.get("skipped", []))
+    if skipped:
+        # The cache remembers unreadable files, so the choice to skip them is made again every run.
+        if not skip_bad_images:
+            raise DataError(
+                f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in all); fix or remove it, "
+                "or pass --data.skip_bad_images true"
+            )
+        log(f"Warning: skipped {len(skipped)} unreadable image(s), e.g. {root / skipped[0]}")
+    return _from_blob(blob)
+
+
+def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_images: bool) -> dict:
     n = sum(len(v) for v in files.values())
-    log(f"Decoding {n:,} images from {root} (once; cached in {cache_dir})")
     start = time.perf_counter()
-    blob: dict = {"classes": classes}
+    blob: dict = {"classes": classes, "skipped": []}
     done = 0
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work and are
@@ -243,16 +261,23 @@ def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log) -> So
         warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
         for split, entries in files.items():
             images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
+            keep = torch.ones(len(entries), dtype=torch.bool)
             for i, (rel, _, _, _) in enumerate(entries):
-                images[i] = _read_image(root / rel, image_size)
+                try:
+                    images[i] = _read_image(root / rel, image_size)
+                except DataError:
+                    if not skip_bad_images:
+                        raise
+                    keep[i] = False
+                    blob["skipped"].append(rel)
                 done += 1
                 if done % 10000 == 0:
                     log(f"  decoded {done:,}/{n:,} images")
-            blob[f"{split}_images"] = images
-            blob[f"{split}_labels"] = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+            labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+            blob[f"{split}_images"] = images[keep] if not keep.all() else images
+            blob[f"{split}_labels"] = labels[keep]
     log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
-    _write_cache(path, prefix, blob, log)
-    return _from_blob(blob)
+    return blob
 
 
 def _write_cache(path: Path, prefix: str, blob: dict, log) -> None:
@@ -302,7 +327,9 @@ def _read_with_pillow(path: Path) -> Tensor:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise DataError(f"cannot decode image {path} ({err}); fix or remove the file") from None
+        raise DataError(
+            f"cannot decode image {path} ({err}); fix or remove the file, or pass --data.skip_bad_images true"
+        ) from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import random
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -112,6 +113,10 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = stage_metrics(self.num_classes)
         self.val_metrics = stage_metrics(self.num_classes)
         self.test_metrics = stage_metrics(self.num_classes)
+        # Evaluation loss as a metric, weighted by batch size and synced by torchmetrics: under DDP
+        # with shards of unequal size it still equals the single-process mean.
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         # Latest confusion matrix per stage (rows: true class, columns: predicted), for reports and figures.
         self.confusion_matrices: dict[str, Tensor] = {}
@@ -149,7 +154,7 @@ class ImageClassifier(L.LightningModule):
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
         loss, preds, targets = self.shared_step(batch)
         self._metrics(stage).update(preds, targets)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        getattr(self, f"{stage}_loss").update(loss, weight=len(targets))
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         metrics = self._metrics(stage)
@@ -158,9 +163,15 @@ class ImageClassifier(L.LightningModule):
         per_class = values.pop("acc_per_class")
         self.confusion_matrices[stage] = values.pop("confusion_matrix").cpu()
         logged = {f"{stage}/{name}": value for name, value in values.items()}
+        if stage != "train":
+            loss = getattr(self, f"{stage}_loss")
+            logged[f"{stage}/loss"] = loss.compute()
+            loss.reset()
         logged.update({f"{stage}/acc_per_class/{c}": per_class[i] for i, c in enumerate(self.class_names)})
         for name, value in logged.items():
-            self.log(name, value, prog_bar=name == "val/acc")
+            # Already synced by torchmetrics, so identical on every process; sync_dist only tells
+            # Lightning so (a no-op in one process).
+            self.log(name, value, prog_bar=name in ("val/acc", "val/loss"), sync_dist=True)
         return logged
 
     def on_train_epoch_end(self) -> None:
@@ -170,13 +181,32 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:
             # The pre-training sanity check runs a couple of batches: not a real score.
             self.val_metrics.reset()
+            self.val_loss.reset()
             return
         logged = self._log_epoch_metrics("val")
         self.val_acc_best.update(logged["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save random-number-generator states. With them, a run resumed from an
+        # epoch-boundary checkpoint shuffles and augments exactly as the uninterrupted run would have.
+        checkpoint["rng_states"] = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states or self._trainer is None or not self.trainer.training:
+            return  # only resuming training needs them (not testing or predicting with a checkpoint)
+        random.setstate(states["python"])
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> Any:
         # Imported here: prediction and export never need the CLI machinery.

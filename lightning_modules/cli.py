@@ -10,17 +10,24 @@ checkpoint after fitting, and one-line errors instead of tracebacks for bad data
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule, DataError
-from lightning_modules import nets  # noqa: F401  (registers the networks so --model.net Tudui resolves)
+from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
+from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
 RUNS_DIR = "runs"
 # The tutorial recipe. configs/tutorial.yaml spells out the same values, with reasons.
@@ -39,11 +46,25 @@ DEFAULTS = {
     # The metric name holds a "/", so Lightning must not insert it into the file name itself.
     "checkpoint.filename": "epoch={epoch:02d}-val_acc={val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
+    # Ctrl-C, SIGTERM or a crash mid-training saves the current state before the process ends.
+    "checkpoint.save_on_exception": True,
 }
 
 
 class UsageError(Exception):
     """A command-line mistake; the message says how to fix it."""
+
+
+class CompactErrorParser(LightningArgumentParser):
+    """Reports a bad option in one line instead of a hundred lines of usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        parts = [line.strip(" -") for line in str(message).splitlines() if line.strip(" -")]
+        text = " ".join(parts[:1]) + (" " + "; ".join(parts[1:]) if parts[1:] else "")
+        if "model.net" in text:
+            text += f" (networks: {', '.join(sorted(NETS))}; or a full class path)"
+        sys.stderr.write(f"error: {text} (see --help for every option)\n")
+        self.exit(2)
 
 
 class ClassifierCLI(LightningCLI):
@@ -54,10 +75,17 @@ class ClassifierCLI(LightningCLI):
             run=False,
             args=args,
             seed_everything_default=42,
+            parser_class=CompactErrorParser,
             # Resuming writes into the same run directory, so its config.yaml is rewritten.
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Train a CIFAR-10 classifier, then test its best checkpoint."},
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -105,9 +133,16 @@ def fit_main(args: list[str] | None = None) -> None:
     try:
         cli = ClassifierCLI(args=args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
-        if trainer.interrupted:
-            sys.exit(1)
+        if cli.config.ckpt_path:
+            check_checkpoint(cli.config.ckpt_path)
+        try:
+            trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        except (KeyboardInterrupt, SystemExit, SIGTERMException):
+            # Lightning has already saved the state (checkpoint.save_on_exception) and, for Ctrl-C,
+            # turned the KeyboardInterrupt into SystemExit(1).
+            if trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            report_interruption(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cli.config.test:
             if data.has_test_split:
@@ -117,11 +152,41 @@ def fit_main(args: list[str] | None = None) -> None:
                     f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
                     "there (or use the official CIFAR-10 files) to evaluate."
                 )
+        log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
         if trainer.is_global_zero:
             if best:
                 score = trainer.checkpoint_callback.best_model_score
                 print(f"Best checkpoint: {best} (val/acc {float(score):.4f})")
-            print(f"Run directory: {trainer.log_dir}")
+            print(f"Run directory: {log_dir}")
     except (DataError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_checkpoint(path: str) -> None:
+    """Fail early, in one line, on a resume checkpoint that is missing or damaged."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--ckpt_path {path}: no such file; pass a .ckpt from runs/*/version_*/checkpoints or 'last'")
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"--ckpt_path {path} is damaged or truncated ({reason}); resume from another checkpoint of that run "
+            "or start fresh without --ckpt_path"
+        ) from None
+
+
+def report_interruption(trainer: Trainer) -> NoReturn:
+    callback = trainer.checkpoint_callback
+    saved = callback.last_model_path if callback and callback.last_model_path else None
+    if trainer.is_global_zero:
+        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv] if a)
+        where = f"saved {saved}" if saved else "nothing new to save"
+        print(
+            f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {where}. "
+            f"Resume with: {command} --ckpt_path last",
+            file=sys.stderr,
+        )
+    sys.exit(130)

@@ -1,0 +1,246 @@
+"""Never lose a run: signals, resume, atomic checkpoint files, determinism, DDP, bad configuration."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_image_folder, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_modules import atomic_checkpoint_io
+from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
+from lightning_modules.cli import fit_main
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def val_scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag.startswith("val/")}
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+# --- atomic checkpoint files ----------------------------------------------------------------
+
+
+def test_atomic_save_keeps_the_previous_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert torch.load(path, weights_only=True)["step"].item() == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no partial or temporary file
+
+
+def test_temporary_file_is_beside_the_checkpoint_not_in_tmpdir(tmp_path, monkeypatch):
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        atomic_checkpoint_io.os, "replace", lambda src, dst: (renames.append(src), real_replace(src, dst))
+    )
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
+    path = tmp_path / "ckpt" / "a.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"x": 1}, path)
+    (src,) = renames
+    assert Path(src).parent == path.parent and torch.load(path, weights_only=True) == {"x": 1}
+
+
+# --- bad configuration and data: one line, exit status 2, no traceback ----------------------
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "data", {"train": 6})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["fit.py"])  # LightningCLI warns when pytest's own arguments are there
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.batch_sise", "3"], "unrecognized arguments: --data.batch_sise"),
+        (["--data.batch_size", "abc"], 'Parser key "data.batch_size"'),
+        (["--data.batch_size", "0"], "--data.batch_size must be a positive integer"),
+        (["--data.val_size", "500"], "val_size must be between 1 and 17"),
+        (["--model.net", "ResNet999"], "(networks: Tudui"),
+        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+        (["--ckpt_path", "half.ckpt"], "--ckpt_path half.ckpt is damaged or truncated"),
+    ],
+)
+def test_bad_configuration_is_one_line(tiny, capsys, args, message):
+    (tiny / "half.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(SystemExit) as exit_:
+        fit_main(["--data.data_dir", "data", "--trainer.max_epochs", "1", *QUIET, *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_corrupted_image_is_named_or_skipped(tiny, capsys, caplog):
+    bad = tiny / "data" / "train" / "dog" / "zz-broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    base = ["--data.data_dir", "data", "--data.val_size", "3", "--trainer.max_epochs", "1", *QUIET]
+    with pytest.raises(SystemExit) as exit_:
+        fit_main(base)
+    assert exit_.value.code == 2
+    assert str(Path("data") / "train" / "dog" / "zz-broken.png") in capsys.readouterr().err.strip().splitlines()[-1]
+    caplog.set_level(logging.INFO)
+    fit_main([*base, "--data.skip_bad_images", "true", "--test", "false"])
+    err = caplog.text  # Lightning's messages go through logging
+    assert "skipped 1 unreadable image(s)" in err and "train 15 | val 3" in err
+
+
+def test_trainer_saves_through_atomic_io(tiny):
+    from lightning_modules.cli import ClassifierCLI
+
+    cli = ClassifierCLI(args=["--data.data_dir", "data", *QUIET])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- determinism and exact resume ------------------------------------------------------------
+
+RECIPE = [
+    "--data.data_dir", "data", "--data.val_size", "10", "--data.batch_size", "8",
+    # Shuffling and augmentation draw random numbers, so an exact resume must restore the RNG.
+    "--data.crop_padding", "2", "--data.flip", "true", "--test", "false", *QUIET,
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_same_seed_same_run_and_exact_resume(tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 10})
+    runs = {}
+    for name in ("a", "b"):  # two identical uninterrupted runs of 2 epochs
+        result = run_script("fit.py", *RECIPE, "--trainer.max_epochs", "2", "--trainer.logger.name", name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = tmp_path / "runs" / name / "version_0"
+    # The same run stopped after epoch 1 and resumed for epoch 2.
+    for extra in (["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", "last"]):
+        result = run_script("fit.py", *RECIPE, *extra, "--trainer.logger.name", "c", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    runs["c"] = tmp_path / "runs" / "c" / "version_0"
+
+    final = {name: weights(run / "checkpoints" / "last.ckpt") for name, run in runs.items()}
+    for name in ("b", "c"):
+        for key, tensor in final["a"].items():
+            assert torch.equal(tensor, final[name][key]), f"run {name} differs from run a in {key}"
+    metrics = {name: val_scalars(run) for name, run in runs.items()}
+    assert metrics["a"]["val/acc"] == metrics["b"]["val/acc"] == metrics["c"]["val/acc"]
+    assert metrics["a"]["val/loss"] == metrics["c"]["val/loss"]
+    assert len(metrics["c"]["val/acc"]) == 2
+
+
+# --- signals ---------------------------------------------------------------------------------
+
+
+def start_long_run(work: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    make_image_folder(work / "data", {"train": 30})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(work / "cache")}
+    cmd = [sys.executable, str(REPO / "scripts" / "fit.py"), "--data.data_dir", "data", "--data.val_size", "10",
+           "--data.batch_size", "4", "--trainer.max_epochs", "100000", "--test", "false", *QUIET, *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, work / "runs" / "tutorial" / "version_0" / "checkpoints"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} never appeared: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_path, sig):
+    proc, checkpoints = start_long_run(tmp_path)
+    wait_for(checkpoints / "last.ckpt", proc)
+    time.sleep(1.0)  # mid-epoch, some steps after the last epoch-end checkpoint
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("Interrupted at epoch"))
+    assert "saved " in line and "last.ckpt" in line and line.endswith("--ckpt_path last")
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    step = saved["global_step"]
+    assert step > 0
+    # Resuming continues from that step.
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "10", "--data.batch_size", "4", "--test", "false",
+        "--trainer.max_steps", str(step + 3), "--ckpt_path", "last", *QUIET, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == step + 3
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_a_damaged_checkpoint(tmp_path):
+    # A checkpoint every step, so the kill is likely to land during a write.
+    proc, checkpoints = start_long_run(tmp_path, "--checkpoint.every_n_train_steps", "1")
+    wait_for(checkpoints / "last.ckpt", proc)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    files = list(checkpoints.glob("*.ckpt"))
+    assert files
+    for path in files:  # every visible checkpoint is complete (a killed write leaves only a hidden .tmp)
+        assert "state_dict" in torch.load(path, weights_only=True)
+
+
+# --- DDP -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path):
+    import lightning as L
+
+    from datamodules import CIFAR10DataModule
+    from lightning_modules import ImageClassifier
+
+    make_image_folder(tmp_path / "data", {"train": 10, "test": 5})  # 30 / 15 images: odd splits
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "13", "--data.batch_size", "4",
+        "--trainer.max_epochs", "2", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--trainer.accelerator", "cpu", *QUIET, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tutorial" / "version_0"
+    ddp_val = val_scalars(run_dir)
+    best = next((run_dir / "checkpoints").glob("epoch=*.ckpt"))
+    epoch = int(best.name.split("=")[1].split("-")[0])
+
+    data = CIFAR10DataModule(data_dir=str(tmp_path / "data"), val_size=13, batch_size=4, cache_dir=str(tmp_path / "c"))
+    model = ImageClassifier.load_from_checkpoint(best, weights_only=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.validate(model, datamodule=data)
+    assert single["val/acc"] == pytest.approx(ddp_val["val/acc"][epoch], abs=1e-6)
+    assert single["val/loss"] == pytest.approx(ddp_val["val/loss"][epoch], abs=1e-6)
+    (single_test,) = trainer.test(model, datamodule=data)
+    ddp_test = float(next(line.split()[1] for line in result.stdout.splitlines() if line.split()[:1] == ["test/acc"]))
+    assert single_test["test/acc"] == pytest.approx(ddp_test, abs=1e-6)
+    assert 15 * single_test["test/acc"] == pytest.approx(round(15 * single_test["test/acc"]))  # k/15: no padding
