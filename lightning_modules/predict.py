@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from datamodules.image_files import ImageFileError, expand_inputs, read_image
+from lightning_modules.atomic_files import atomic_write
 
 OUTPUT_FORMATS = (".json", ".csv")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
@@ -189,7 +189,7 @@ def format_row(record: dict, top_k: int) -> str:
 
 
 def write_atomically(path: Path, records: list[dict]) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
+    """Write all records at once through a temporary file: readers never see half a file."""
     if path.suffix.lower() == ".json":
         text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
     else:
@@ -199,13 +199,4 @@ def write_atomically(path: Path, records: list[dict]) -> None:
         for r in records:
             writer.writerow({**r, "top_k": json.dumps(r["top_k"], ensure_ascii=False)})
         text = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

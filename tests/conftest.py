@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,34 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subp
         text=True,
         timeout=timeout,
     )
+
+
+def save_checkpoint(path: Path, class_names=("cat", "dog", "ship")) -> Path:
+    """A Lightning checkpoint of an untrained tutorial network with the given classes."""
+    import lightning as L
+    import torch
+
+    from lightning_modules import ImageClassifier
+    from lightning_modules.nets import Tudui
+
+    torch.manual_seed(0)
+    model = ImageClassifier(Tudui(num_classes=len(class_names)), class_names=list(class_names))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path, weights_only=False)  # the whole checkpoint, as fit.py writes it
+    return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    return save_checkpoint(tmp_path / "model.ckpt")
+
+
+def png_with_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature + IHDR claiming width x height, then IEND: a decompression-bomb header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))

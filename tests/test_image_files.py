@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
+from conftest import png_with_header_only
 from PIL import Image
 
 from datamodules.image_files import ImageFileError, expand_inputs, read_image
-
-
-def png_with_header_only(path, width: int, height: int) -> None:
-    """A valid PNG signature + IHDR claiming width x height, then IEND: a decompression-bomb header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
 def error_of(path, size=32) -> str:

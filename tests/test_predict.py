@@ -5,27 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import lightning as L
 import pytest
-import torch
-from conftest import class_image, run_script
+from conftest import class_image, png_with_header_only, run_script
 from PIL import Image
-from test_image_files import png_with_header_only
 
-from lightning_modules import ImageClassifier
-from lightning_modules.nets import Tudui
 from lightning_modules.predict import predict_main
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = ImageClassifier(Tudui(num_classes=3), class_names=["cat", "dog", "ship"])
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_modules import atomic_checkpoint_io
+from lightning_modules import atomic_files
 from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.cli import fit_main
 
@@ -44,7 +44,7 @@ def test_atomic_save_keeps_the_previous_file_when_a_write_fails(tmp_path, monkey
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic_checkpoint_io.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert torch.load(path, weights_only=True)["step"].item() == 1  # the previous checkpoint is intact
@@ -54,9 +54,7 @@ def test_atomic_save_keeps_the_previous_file_when_a_write_fails(tmp_path, monkey
 def test_temporary_file_is_beside_the_checkpoint_not_in_tmpdir(tmp_path, monkeypatch):
     renames = []
     real_replace = os.replace
-    monkeypatch.setattr(
-        atomic_checkpoint_io.os, "replace", lambda src, dst: (renames.append(src), real_replace(src, dst))
-    )
+    monkeypatch.setattr(atomic_files.os, "replace", lambda src, dst: (renames.append(src), real_replace(src, dst)))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))
     path = tmp_path / "ckpt" / "a.ckpt"
     AtomicCheckpointIO().save_checkpoint({"x": 1}, path)

@@ -1,0 +1,170 @@
+"""The command line of scripts/serve.py: an HTTP prediction server on LitServe.
+
+    python scripts/serve.py --ckpt_path CKPT [--port 8000] [--host 127.0.0.1]
+
+``POST /predict`` takes one image, as the raw request body (any content type but JSON) or as a
+multipart form upload (the first file field), and answers ``{label, probability, top_k}``.
+Requests arriving together are batched into one forward pass (``--max_batch_size``,
+``--batch_timeout``). Bad input gets a 4xx with a one-line ``detail``; the server keeps serving.
+``GET /health`` answers ``ok`` once the model is loaded. Images go through the same reader
+as scripts/predict.py, so a file gets the same answer from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+
+import litserve as ls
+import torch
+from fastapi import HTTPException
+
+from datamodules.image_files import ImageFileError, read_image
+
+IMAGE_FIELD = "image_b64"
+
+
+class ImageBodyMiddleware:
+    """Turns a raw-bytes or multipart image upload into the JSON body LitServe expects.
+
+    LitServe hands ``decode_request`` the parsed JSON (or form) body, and sends it to the
+    inference worker through a process queue, which cannot carry an open upload. This ASGI
+    middleware reads the image bytes first and forwards ``{"image_b64": ...}`` instead.
+    """
+
+    def __init__(self, app, path: str = "/predict") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        from starlette.requests import Request
+
+        request = Request(scope, receive)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            return await self.app(scope, request.receive, send)  # already JSON: {"image_b64": ...}
+        try:
+            if content_type.startswith("multipart/form-data"):
+                form = await request.form()
+                uploads = [v for v in form.values() if hasattr(v, "read")]
+                data = await uploads[0].read() if uploads else b""
+                await form.close()
+            else:
+                data = await request.body()
+        except HTTPException as err:
+            # Raised while reading, e.g. LitServe's 413 for a body over --max_bytes. Out here, outside
+            # FastAPI's exception handlers, it would become a 500: answer it directly.
+            from starlette.responses import JSONResponse
+
+            return await JSONResponse({"detail": err.detail}, status_code=err.status_code)(scope, receive, send)
+        body = json.dumps({IMAGE_FIELD: base64.b64encode(data).decode("ascii")}).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+class ClassifierAPI(ls.LitAPI):
+    """Loads the checkpoint in each inference worker; batches requests into one forward pass."""
+
+    def __init__(self, ckpt_path: str, top_k: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ckpt_path = ckpt_path
+        self.requested_top_k = top_k
+
+    def setup(self, device: str) -> None:
+        from lightning_modules.checkpoints import load_classifier
+
+        self.torch_device = torch.device(device)
+        self.model = load_classifier(self.ckpt_path, map_location=self.torch_device)
+        if self.torch_device.type == "cpu":
+            # oneDNN runs this CNN about 2x faster in channels-last memory format.
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.top_k = min(self.requested_top_k, self.model.num_classes)
+
+    def decode_request(self, request) -> torch.Tensor:
+        encoded = request.get(IMAGE_FIELD) if isinstance(request, dict) else None
+        if not isinstance(encoded, str):
+            raise HTTPException(400, "send the image as the request body or as a multipart file upload")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise HTTPException(400, f"{IMAGE_FIELD} is not valid base64") from None
+        try:
+            return read_image(data, self.model.image_size, name="image")
+        except ImageFileError as err:
+            raise HTTPException(400, str(err)) from None
+
+    def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(inputs)
+
+    def predict(self, images: torch.Tensor) -> list[dict]:
+        single = images.ndim == 3  # LitServe without batching passes one image
+        images = (images[None] if single else images).to(self.torch_device)
+        if self.torch_device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probabilities = self.model(images).float().softmax(dim=-1)
+        top_p, top_i = probabilities.topk(self.top_k, dim=-1)
+        results = []
+        for ps, ids in zip(top_p.tolist(), top_i.tolist(), strict=True):
+            ranked = [{"label": self.model.class_names[i], "probability": p} for p, i in zip(ps, ids, strict=True)]
+            results.append({"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked})
+        return results[0] if single else results
+
+    def unbatch(self, output: list[dict]) -> list[dict]:
+        return output
+
+    def encode_response(self, output: dict) -> dict:
+        return output
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--top_k", type=int, default=3, help="classes listed in top_k (default 3)")
+    parser.add_argument("--max_batch_size", type=int, default=32, help="requests run together (default 32)")
+    parser.add_argument("--batch_timeout", type=float, default=0.005, help="seconds to wait to fill a batch")
+    parser.add_argument("--max_bytes", type=int, default=10_000_000, help="largest request body (default 10 MB)")
+    parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
+    parser.add_argument(
+        "--trainer.accelerator", dest="accelerator", default="auto", choices=("auto", "cpu", "cuda", "gpu", "mps")
+    )
+    args = parser.parse_args(argv)
+    if min(args.top_k, args.max_batch_size, args.max_bytes, args.workers) < 1 or args.batch_timeout < 0:
+        print("error: --top_k, --max_batch_size, --max_bytes and --workers must be positive", file=sys.stderr)
+        return 2
+
+    from lightning_modules.checkpoints import CheckpointError, load_classifier
+
+    try:
+        load_classifier(args.ckpt_path)  # fail here, in one line, rather than inside a worker process
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    accelerator = {"gpu": "cuda"}.get(args.accelerator, args.accelerator)
+    server = ls.LitServer(
+        ClassifierAPI(
+            args.ckpt_path, top_k=args.top_k, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout
+        ),
+        accelerator=accelerator,
+        workers_per_device=args.workers,
+        max_payload_size=args.max_bytes,
+        middlewares=[(ImageBodyMiddleware, {"path": "/predict"})],
+    )
+    server.run(host=args.host, port=args.port, generate_client_file=False)
+    return 0

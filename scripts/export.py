@@ -1,0 +1,11 @@
+"""Export a checkpoint to ONNX or TorchScript and check it against the checkpoint.
+
+python scripts/export.py --ckpt_path runs/tutorial/version_0/checkpoints/last.ckpt --format onnx --images val_pngs/
+"""
+
+import sys
+
+from lightning_modules.export import export_main
+
+if __name__ == "__main__":
+    sys.exit(export_main())

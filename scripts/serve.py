@@ -1,0 +1,13 @@
+"""Serve a checkpoint over HTTP with LitServe (POST /predict, GET /health).
+
+python scripts/serve.py --ckpt_path runs/tutorial/version_0/checkpoints/last.ckpt --port 8000
+curl --data-binary @cat.png http://127.0.0.1:8000/predict
+curl -F file=@cat.png http://127.0.0.1:8000/predict
+"""
+
+import sys
+
+from lightning_modules.serve import serve_main
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

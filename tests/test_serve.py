@@ -1,0 +1,134 @@
+"""scripts/serve.py: a real server on a free loopback port, answered by a real HTTP client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from conftest import REPO, class_image, save_checkpoint
+from PIL import Image
+
+from lightning_modules.predict import predict_main
+
+pytestmark = pytest.mark.slow
+MAX_BYTES = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    ckpt = save_checkpoint(work / "model.ckpt")
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--ckpt_path", str(ckpt), "--port", str(port),
+           "--max_bytes", str(MAX_BYTES), "--trainer.accelerator", "cpu"]  # fmt: skip
+    log = open(work / "server.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).text == "ok":
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {(work / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url, work, ckpt
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def known_images(server):
+    _, work, ckpt = server
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(4):
+        path = work / f"known{i}.png"
+        path.write_bytes(png_bytes(class_image(rng, i)))
+        paths.append(path)
+    # What scripts/predict.py says for the same files: the server must agree.
+    predict_main(["--ckpt_path", str(ckpt), *map(str, paths), "--top_k", "3", "--output", str(work / "p.json")])
+    return paths, json.loads((work / "p.json").read_text())
+
+
+def test_raw_and_multipart_uploads_agree_with_predict(server, known_images):
+    url, _, _ = server
+    paths, expected = known_images
+    for path, record in zip(paths, expected, strict=True):
+        raw = requests.post(f"{url}/predict", data=path.read_bytes(), timeout=30)
+        form = requests.post(f"{url}/predict", files={"file": (path.name, path.read_bytes(), "image/png")}, timeout=30)
+        for response in (raw, form):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["label"] == record["label"]
+            assert body["probability"] == pytest.approx(record["probability"], abs=1e-5)
+            assert [t["label"] for t in body["top_k"]] == [t["label"] for t in record["top_k"]]
+
+
+@pytest.mark.parametrize(
+    ("make_body", "status", "message"),
+    [
+        (lambda: b"this is text, not an image", 400, "not an image"),
+        (lambda: png_bytes(np.zeros((64, 64, 3), np.uint8))[:60], 400, "truncated"),
+        (lambda: b"", 400, "empty input"),
+        (lambda: png_bytes(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)), 413, "large"),
+    ],
+    ids=["not-an-image", "truncated", "empty", "too-large"],
+)
+def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, known_images, make_body, status, message):
+    url, _, _ = server
+    body = make_body()
+    assert status != 413 or len(body) > MAX_BYTES
+    response = requests.post(f"{url}/predict", data=body, timeout=30)
+    assert response.status_code == status, response.text
+    if message:
+        detail = response.json()["detail"]
+        assert message in detail and "\n" not in detail
+    assert requests.get(f"{url}/health", timeout=5).text == "ok"
+    good = requests.post(f"{url}/predict", data=known_images[0][0].read_bytes(), timeout=30)
+    assert good.status_code == 200
+
+
+def test_concurrent_requests_are_all_answered(server, known_images):
+    url, _, _ = server
+    paths, expected = known_images
+    jobs = [(paths[i % len(paths)], expected[i % len(paths)]["label"]) for i in range(64)]
+
+    def ask(job):
+        path, label = job
+        response = requests.post(f"{url}/predict", data=path.read_bytes(), timeout=60)
+        return response.status_code, response.json().get("label"), label
+
+    with ThreadPoolExecutor(max_workers=32) as pool:  # bounded: 64 requests, 60 s timeout each
+        results = list(pool.map(ask, jobs))
+    assert all(status == 200 and got == want for status, got, want in results)
