@@ -161,6 +161,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(self.test_split, "test", train=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            return batch  # not one of our batches, e.g. the model's example input for its summary
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = augment.random_crop(images, self.hparams.crop_padding)

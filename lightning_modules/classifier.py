@@ -43,6 +43,9 @@ def stage_metrics(num_classes: int) -> MetricCollection:
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
             "acc_per_class": MulticlassAccuracy(num_classes, average=None),
+            "precision_per_class": MulticlassPrecision(num_classes, average=None),
+            "recall_per_class": MulticlassRecall(num_classes, average=None),
+            "f1_per_class": MulticlassF1Score(num_classes, average=None),
             "confusion_matrix": MulticlassConfusionMatrix(num_classes),
         }
     )
@@ -118,8 +121,14 @@ class ImageClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
-        # Latest confusion matrix per stage (rows: true class, columns: predicted), for reports and figures.
+        # Latest results per stage, for figures and the run report: the confusion matrix (rows: true
+        # class, columns: predicted), per-class metrics, and a few misclassified images.
         self.confusion_matrices: dict[str, Tensor] = {}
+        self.per_class: dict[str, dict[str, list[float]]] = {}
+        self.misclassified: dict[str, tuple[Tensor, list[int], list[int]]] = {}
+        self.max_misclassified = 32
+        # Lets Lightning print input/output sizes and TensorBoard draw the graph.
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(normalize_uint8(images, self.mean, self.std))
@@ -155,12 +164,41 @@ class ImageClassifier(L.LightningModule):
         loss, preds, targets = self.shared_step(batch)
         self._metrics(stage).update(preds, targets)
         getattr(self, f"{stage}_loss").update(loss, weight=len(targets))
+        self._keep_misclassified(stage, batch[0], preds, targets)
+
+    def _keep_misclassified(self, stage: str, images: Tensor, preds: Tensor, targets: Tensor) -> None:
+        kept, true, predicted = self.misclassified.get(stage, (images[:0].cpu(), [], []))
+        room = self.max_misclassified - len(true)
+        if room <= 0:
+            return
+        # At most an equal share per true class, so the grid is not all from the first classes seen.
+        quota = -(-self.max_misclassified // self.num_classes)
+        counts = [true.count(c) for c in range(self.num_classes)]
+        picked = []
+        for i in (preds != targets).nonzero().flatten().tolist():
+            if len(picked) < room and counts[int(targets[i])] < quota:
+                counts[int(targets[i])] += 1
+                picked.append(i)
+        wrong = torch.tensor(picked, dtype=torch.long, device=images.device)
+        if len(wrong):
+            kept = torch.cat([kept, images[wrong].cpu()])
+            true, predicted = true + targets[wrong].tolist(), predicted + preds[wrong].tolist()
+        self.misclassified[stage] = (kept, true, predicted)
+
+    def on_validation_epoch_start(self) -> None:
+        self.misclassified.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self.misclassified.pop("test", None)
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         metrics = self._metrics(stage)
         values = metrics.compute()  # torchmetrics syncs across processes itself
         metrics.reset()
         per_class = values.pop("acc_per_class")
+        self.per_class[stage] = {"acc": per_class.tolist()}
+        for name in ("precision", "recall", "f1"):
+            self.per_class[stage][name] = values.pop(f"{name}_per_class").tolist()
         self.confusion_matrices[stage] = values.pop("confusion_matrix").cpu()
         logged = {f"{stage}/{name}": value for name, value in values.items()}
         if stage != "train":

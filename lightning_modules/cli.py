@@ -12,13 +12,17 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
@@ -28,6 +32,8 @@ from datamodules import CIFAR10DataModule, DataError
 from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
+from lightning_modules.progress import progress_bar_class_path
+from lightning_modules.report import RunReport, per_class_table
 
 RUNS_DIR = "runs"
 # The tutorial recipe. configs/tutorial.yaml spells out the same values, with reasons.
@@ -37,9 +43,15 @@ DEFAULTS = {
     "trainer.max_epochs": 10,
     "trainer.logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": RUNS_DIR, "name": "tutorial"},
+        # The HPARAMS tab gets the final metrics at the end of the run instead of a placeholder.
+        "init_args": {"save_dir": RUNS_DIR, "name": "tutorial", "log_graph": True, "default_hp_metric": False},
     },
-    "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}],
+    "trainer.enable_autolog_hparams": False,
+    "trainer.callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+        {"class_path": "lightning_modules.throughput.ImagesPerSecond"},
+        {"class_path": "lightning_modules.tensorboard_figures.TensorBoardFigures"},
+    ],
     "checkpoint.monitor": "val/acc",
     "checkpoint.mode": "max",
     "checkpoint.save_last": True,
@@ -98,6 +110,7 @@ class ClassifierCLI(LightningCLI):
         # Always present (not in trainer.callbacks, which a config file replaces as a whole): testing
         # "the best checkpoint" needs it.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunReport, "report")
         parser.add_optimizer_args((torch.optim.Optimizer,), link_to="model.optimizer")
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.lr_scheduler")
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
@@ -108,6 +121,11 @@ class ClassifierCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self._resolve_last()
+        trainer = self.config.trainer
+        callbacks = trainer.callbacks or []
+        if trainer.enable_progress_bar is not False and not any("Progress" in c.class_path for c in callbacks):
+            # A live bar in a terminal, plain lines in logs (decided now, from where output goes).
+            trainer.callbacks = [*callbacks, Namespace(class_path=progress_bar_class_path(), init_args=Namespace())]
 
     def _resolve_last(self) -> str | None:
         """Newest ``last.ckpt`` among this logger's runs; its run directory is reused so logs continue there."""
@@ -154,13 +172,36 @@ def fit_main(args: list[str] | None = None) -> None:
                 )
         log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
         if trainer.is_global_zero:
+            score = trainer.checkpoint_callback.best_model_score if best else None
+            score = float(score) if score is not None else None
+            finish_report(cli, trainer, model, log_dir, best, score)
             if best:
-                score = trainer.checkpoint_callback.best_model_score
-                print(f"Best checkpoint: {best} (val/acc {float(score):.4f})")
+                print(f"Best checkpoint: {best} (val/acc {score:.4f})")
             print(f"Run directory: {log_dir}")
     except (DataError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def finish_report(cli: ClassifierCLI, trainer: Trainer, model, log_dir: str | None, best: str, score) -> None:
+    """report.json/report.md in the run directory, final metrics in the HPARAMS tab, per-class table."""
+    report = next((c for c in trainer.callbacks if isinstance(c, RunReport)), None)
+    if report is None or not report.enabled or log_dir is None:
+        return
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_link_targets=False))
+    summary = report.write(log_dir, config, best, score)
+    final = {"hp/best_val_acc": score or 0.0}
+    if summary["test"]:
+        final["hp/test_acc"] = summary["test"].get("test/acc", 0.0)
+        print(per_class_table(summary["test"]["per_class"]))
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(model.hparams, final)
+            if logger._log_graph:  # Lightning draws the graph with its hparams autolog, which is off
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracing warnings about shape checks in the net
+                    logger.log_graph(model.cpu(), model.example_input_array)
+    print(f"Report: {Path(log_dir) / 'report.md'}")
 
 
 def check_checkpoint(path: str) -> None:

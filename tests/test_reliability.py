@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -239,6 +240,6 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path):
     assert single["val/acc"] == pytest.approx(ddp_val["val/acc"][epoch], abs=1e-6)
     assert single["val/loss"] == pytest.approx(ddp_val["val/loss"][epoch], abs=1e-6)
     (single_test,) = trainer.test(model, datamodule=data)
-    ddp_test = float(next(line.split()[1] for line in result.stdout.splitlines() if line.split()[:1] == ["test/acc"]))
+    ddp_test = json.loads((run_dir / "report.json").read_text())["test"]["test/acc"]
     assert single_test["test/acc"] == pytest.approx(ddp_test, abs=1e-6)
     assert 15 * single_test["test/acc"] == pytest.approx(round(15 * single_test["test/acc"]))  # k/15: no padding

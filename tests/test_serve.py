@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, class_image, save_checkpoint
+from conftest import REPO, class_image, free_port, save_checkpoint
 from PIL import Image
 
 from lightning_modules.predict import predict_main
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,68 @@
+"""Progress that suits where the output goes: a live bar in a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lightning.pytorch.callbacks import ProgressBar
+
+
+def progress_bar_class_path() -> str:
+    """Rich's bar for an interactive terminal; plain lines for CI logs and files (no control characters)."""
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return "lightning.pytorch.callbacks.RichProgressBar"
+    return "lightning_modules.progress.LineProgress"
+
+
+class LineProgress(ProgressBar):
+    """One plain line per epoch, plus one every ``every_n_steps`` training steps (0: none).
+
+    Made for logs: no carriage returns or ANSI codes, so a CI log or ``fit.py > log.txt``
+    reads as text. Each line has the epoch, step, loss, validation accuracy, images/s and an
+    estimate of the time left.
+    """
+
+    def __init__(self, every_n_steps: int = 0) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self._enabled = True
+        self._fit_start = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _print(self, text: str) -> None:
+        if self._enabled and self.trainer.is_global_zero:
+            print(text, flush=True)
+
+    def _fields(self) -> str:
+        metrics = self.get_metrics(self.trainer, self.trainer.lightning_module)
+        shown = []
+        for key in ("train/loss", "val/loss", "val/acc", "train/images_per_s"):
+            if key in metrics:
+                value = metrics[key]
+                shown.append(f"{key} {float(value):.0f}" if key.endswith("per_s") else f"{key} {float(value):.4f}")
+        return " | ".join(shown)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and (batch_idx + 1) % self.every_n_steps == 0:
+            self._print(f"epoch {trainer.current_epoch} step {trainer.global_step} | {self._fields()}")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        epochs_done = trainer.current_epoch + 1
+        elapsed = time.perf_counter() - self._fit_start
+        left = ""
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            remaining = max(trainer.max_epochs - epochs_done, 0) * elapsed / epochs_done
+            left = f" | {elapsed:.0f} s elapsed, ~{remaining:.0f} s left"
+        epoch = f"epoch {trainer.current_epoch}/{trainer.max_epochs}"
+        self._print(f"{epoch} step {trainer.global_step} | {self._fields()}{left}")

@@ -1,0 +1,11 @@
+"""Compare training runs: a table of recipe, epochs, time and accuracy, and a PNG of their curves.
+
+python scripts/compare.py runs/tutorial/version_0 runs/tutorial/version_1 --output compare.png
+"""
+
+import sys
+
+from lightning_modules.compare import compare_main
+
+if __name__ == "__main__":
+    sys.exit(compare_main())
