@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
 import sys
 
 import litserve as ls
@@ -134,7 +135,9 @@ class ClassifierAPI(ls.LitAPI):
 def serve_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"), help="address to bind (loopback only)"
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--top_k", type=int, default=3, help="classes listed in top_k (default 3)")
     parser.add_argument("--max_batch_size", type=int, default=32, help="requests run together (default 32)")
@@ -166,5 +169,13 @@ def serve_main(argv: list[str] | None = None) -> int:
         max_payload_size=args.max_bytes,
         middlewares=[(ImageBodyMiddleware, {"path": "/predict"})],
     )
+    # SIGTERM (docker stop, kill, a test's teardown) would end this process at once and orphan
+    # LitServe's forked API and inference processes; as KeyboardInterrupt it takes LitServe's
+    # graceful-shutdown path, which stops them.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     server.run(host=args.host, port=args.port, generate_client_file=False)
     return 0
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

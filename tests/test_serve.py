@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,36 +23,55 @@ pytestmark = pytest.mark.slow
 MAX_BYTES = 20_000
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("serve")
-    ckpt = save_checkpoint(work / "model.ckpt")
+def start_server(work, ckpt, *extra: str) -> tuple[subprocess.Popen, str]:
+    """scripts/serve.py on a free loopback port, in a session of its own; returns once /health says ok."""
     port = free_port()
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--ckpt_path", str(ckpt), "--port", str(port),
-           "--max_bytes", str(MAX_BYTES), "--trainer.accelerator", "cpu"]  # fmt: skip
-    log = open(work / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+           "--trainer.accelerator", "cpu", *extra]  # fmt: skip
+    with open(work / f"server-{port}.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # so that the whole process group can be checked and stopped
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
         try:
             if requests.get(f"{url}/health", timeout=2).text == "ok":
-                break
+                return proc, url
         except requests.ConnectionError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {(work / 'server.log').read_text()[-3000:]}")
+            group_alive(proc, kill=True)
+            pytest.fail(f"server did not start: {(work / f'server-{port}.log').read_text()[-3000:]}")
         time.sleep(0.5)
-    yield url, work, ckpt
+
+
+def group_alive(proc: subprocess.Popen, kill: bool = False) -> bool:
+    """Whether any process of the server's group is left (killing them if asked)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL if kill else 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        pass
+    group_alive(proc, kill=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    ckpt = save_checkpoint(work / "model.ckpt")
+    proc, url = start_server(work, ckpt, "--max_bytes", str(MAX_BYTES))
+    yield url, work, ckpt
+    stop(proc)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -125,3 +145,16 @@ def test_concurrent_requests_are_all_answered(server, known_images):
     with ThreadPoolExecutor(max_workers=32) as pool:  # bounded: 64 requests, 60 s timeout each
         results = list(pool.map(ask, jobs))
     assert all(status == 200 and got == want for status, got, want in results)
+
+
+def test_sigterm_stops_every_server_process(tmp_path):
+    proc, url = start_server(tmp_path, save_checkpoint(tmp_path / "model.ckpt"), "--workers", "2")
+    proc.terminate()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        proc.poll()  # reap serve.py itself: a zombie still counts as a member of its group
+        if not group_alive(proc):
+            break
+        time.sleep(0.5)
+    left = group_alive(proc, kill=True)
+    assert not left, "SIGTERM left LitServe processes running"
