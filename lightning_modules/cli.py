@@ -201,6 +201,9 @@ def finish_report(cli: ClassifierCLI, trainer: Trainer, model, log_dir: str | No
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracing warnings about shape checks in the net
                     logger.log_graph(model.cpu(), model.example_input_array)
+            # Lightning closed the writer after testing; these late events go to a new one, which
+            # must be flushed now or they can be lost when the process exits.
+            logger.experiment.flush()
     print(f"Report: {Path(log_dir) / 'report.md'}")
 
 
