@@ -228,6 +228,21 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def on_fit_start(self) -> None:
+        # Networks with a data-dependent first layer (AirbenchNet's whitening) are initialised from
+        # the training images of a fresh run; a resumed run keeps the weights it saved.
+        init = getattr(self.net, "init_whitening", None)
+        data = getattr(self.trainer, "datamodule", None)
+        split = getattr(data, "train_split", None)
+        if init is None or self.trainer.ckpt_path is not None:
+            return
+        if split is None:
+            raise ValueError(
+                f"{type(self.net).__name__} initialises from training images; train it with the DataModule"
+            )
+        sample = split.images[:5000].to(self.device)
+        init(normalize_uint8(sample, self.mean, self.std))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not save random-number-generator states. With them, a run resumed from an
         # epoch-boundary checkpoint shuffles and augments exactly as the uninterrupted run would have.

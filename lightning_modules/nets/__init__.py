@@ -4,8 +4,10 @@ the same name, so a plain description (class path + arguments) of it can be save
 NETS is also the allowlist of what a checkpoint may ask to build (lightning_modules.checkpoints).
 """
 
+from lightning_modules.nets.airbench import AirbenchNet
+from lightning_modules.nets.resnet import ResNet18
 from lightning_modules.nets.tudui import Tudui
 
-NETS = {"Tudui": Tudui}
+NETS = {"Tudui": Tudui, "ResNet18": ResNet18, "AirbenchNet": AirbenchNet}
 
-__all__ = ["NETS", "Tudui"]
+__all__ = ["NETS", "AirbenchNet", "ResNet18", "Tudui"]

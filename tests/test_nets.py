@@ -1,0 +1,70 @@
+"""The networks of the zoo: output shapes, sizes, and AirbenchNet's whitening initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.nets import NETS, AirbenchNet, ResNet18
+
+
+def n_params(net) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_resnet18_for_32px():
+    net = ResNet18(num_classes=10).eval()
+    assert n_params(net) == 11_173_962  # the CIFAR ResNet-18 of peer projects
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    assert ResNet18(num_classes=3, width=16)(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_airbench_shape_and_size():
+    net = AirbenchNet(num_classes=10, widths=(8, 16, 16)).eval()
+    out = net(torch.zeros(3, 3, 32, 32))
+    assert out.shape == (3, 10)
+    assert net.head.bias is None
+    # whiten 312 + groups 50,944 + 738,304 + 1,180,672 (convs and BatchNorms) + head 2,560
+    assert n_params(AirbenchNet()) == 1_972_792
+    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+    assert AirbenchNet(whiten_trainable=True).whiten.weight.requires_grad
+
+
+def test_whitened_patches_have_identity_covariance():
+    torch.manual_seed(0)
+    # Correlated channels and neighbouring pixels, like natural images.
+    base = torch.randn(64, 1, 17, 17).repeat(1, 3, 1, 1) + 0.3 * torch.randn(64, 3, 17, 17)
+    images = (base[..., 1:, 1:] + base[..., :-1, :-1]) / 2
+    net = AirbenchNet(widths=(8, 8, 8))
+    net.init_whitening(images, eps=1e-8)
+    out = torch.nn.functional.conv2d(images, net.whiten.weight[:12])  # the 12 positive filters, no bias
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    flat = flat - flat.mean(0)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+    assert torch.equal(net.whiten.weight[12:], -net.whiten.weight[:12])
+
+
+def test_every_net_is_allowlisted_and_describable():
+    from lightning_modules.classifier import describe_net
+
+    for name, cls in NETS.items():
+        spec = describe_net(cls(num_classes=4))
+        assert spec["class_path"].endswith(name) and spec["init_args"]["num_classes"] == 4
+
+
+@pytest.mark.slow
+def test_airbench_trains_through_fit_with_whitening(tmp_path):
+    from conftest import make_image_folder, run_script
+
+    make_image_folder(tmp_path / "data", {"train": 8})
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "6", "--model.net", "AirbenchNet",
+        "--model.net.widths", "[8, 8, 8]", "--trainer.max_epochs", "1", "--test", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = next((tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints").glob("epoch=*.ckpt"))
+    weight = torch.load(ckpt, weights_only=True)["state_dict"]["net.whiten.weight"]
+    assert torch.equal(weight[12:], -weight[:12])  # initialised from the data, not left random
