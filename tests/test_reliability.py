@@ -82,7 +82,7 @@ def tiny(tmp_path, monkeypatch):
         (["--data.batch_size", "abc"], 'Parser key "data.batch_size"'),
         (["--data.batch_size", "0"], "--data.batch_size must be a positive integer"),
         (["--data.val_size", "500"], "val_size must be between 1 and 17"),
-        (["--model.net", "ResNet999"], "(networks: Tudui"),
+        (["--model.net", "ResNet999"], "(networks: AirbenchNet, ResNet18, Tudui"),
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
         (["--ckpt_path", "half.ckpt"], "--ckpt_path half.ckpt is damaged or truncated"),
     ],
