@@ -81,6 +81,9 @@ class ImageClassifier(L.LightningModule):
             ``--optimizer`` in the CLI. None: SGD with lr 0.01, the tutorial's choice.
         lr_scheduler: the same for a learning-rate scheduler (``--lr_scheduler``); None: constant lr.
         lr_scheduler_interval: step the scheduler every "epoch" or every "step" (batch).
+        tta: test-time augmentation in validation and test (never in training): "mirror" averages
+            the logits of each image and its mirror image; "mirror_translate" also averages
+            those of both shifted by one pixel up-left and down-right (edges repeated).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: dict | None = None,
         lr_scheduler: dict | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        tta: Literal["none", "mirror", "mirror_translate"] = "none",
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
@@ -136,7 +140,7 @@ class ImageClassifier(L.LightningModule):
     def shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, predicted labels, true labels) for one batch; the same for every stage."""
         images, targets = batch
-        logits = self(images)
+        logits = self(images) if self.training or self.hparams.tta == "none" else self.tta_logits(images)
         if logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"the network outputs {logits.shape[-1]} classes but there are {self.num_classes} class names; "
@@ -144,6 +148,16 @@ class ImageClassifier(L.LightningModule):
             )
         loss = self.criterion(logits, targets)
         return loss, logits.argmax(dim=-1), targets
+
+    def tta_logits(self, images: Tensor) -> Tensor:
+        """Mean logits over the views that ``tta`` names (see the constructor)."""
+        views = [images, images.flip(-1)]
+        if self.hparams.tta == "mirror_translate":
+            padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
+            h, w = images.shape[-2:]
+            shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+            views += shifted + [v.flip(-1) for v in shifted]
+        return torch.stack([self(v) for v in views]).mean(dim=0)
 
     def _metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")

@@ -153,3 +153,36 @@ def test_tudui_is_the_tutorial_network():
     assert Tudui(num_classes=4)(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
     with pytest.raises(ValueError, match="--data.image_size 32"):
         net(torch.zeros(1, 3, 64, 64))
+
+
+class MirrorSymmetric(nn.Module):
+    """Logits from row sums of each channel: unchanged when the image is mirrored left-right."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.sum(dim=(2, 3))[:, : self.num_classes] * self.scale
+
+
+def test_tta_mirror_equals_plain_logits_for_a_symmetric_model():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = ImageClassifier(MirrorSymmetric(), class_names=["a", "b", "c"]).eval()
+    mirrored = ImageClassifier(MirrorSymmetric(), class_names=["a", "b", "c"], tta="mirror").eval()
+    assert torch.allclose(mirrored.tta_logits(images), plain(images), atol=1e-5)
+
+
+def test_tta_averages_the_views_and_only_outside_training():
+    model = make_model(tta="mirror").eval()
+    images = batch()[0]
+    expected = (model(images) + model(images.flip(-1))) / 2
+    assert torch.allclose(model.tta_logits(images), expected)
+    _, preds, _ = model.shared_step(batch())
+    assert torch.equal(preds, expected.argmax(-1))
+    model.train()
+    _, preds, _ = model.shared_step(batch())
+    assert torch.equal(preds, model(images).argmax(-1))  # training sees the plain view
+    shifted = make_model(tta="mirror_translate").eval()
+    assert shifted.tta_logits(images).shape == (len(images), 3)
