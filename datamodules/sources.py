@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lightning_modules.atomic_files import atomic_write
+
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -282,10 +284,8 @@ def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_im
 
 def _write_cache(path: Path, prefix: str, blob: dict, log) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+        # A concurrent reader (another DDP process, another run) sees the old file or the whole new one.
+        atomic_write(path, lambda f: torch.save(blob, f))
         for stale in path.parent.glob(f"{prefix}*.pt"):
             if stale != path:
                 stale.unlink(missing_ok=True)

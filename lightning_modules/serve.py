@@ -23,6 +23,7 @@ import torch
 from fastapi import HTTPException
 
 from datamodules.image_files import ImageFileError, read_image
+from lightning_modules.predict import rank
 
 IMAGE_FIELD = "image_b64"
 
@@ -111,19 +112,10 @@ class ClassifierAPI(ls.LitAPI):
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
 
-    def predict(self, images: torch.Tensor) -> list[dict]:
+    def predict(self, images: torch.Tensor) -> list[dict] | dict:
         single = images.ndim == 3  # LitServe without batching passes one image
-        images = (images[None] if single else images).to(self.torch_device)
-        if self.torch_device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            probabilities = self.model(images).float().softmax(dim=-1)
-        top_p, top_i = probabilities.topk(self.top_k, dim=-1)
-        results = []
-        for ps, ids in zip(top_p.tolist(), top_i.tolist(), strict=True):
-            ranked = [{"label": self.model.class_names[i], "probability": p} for p, i in zip(ps, ids, strict=True)]
-            results.append({"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked})
-        return results[0] if single else results
+        records = rank(self.model, (images[None] if single else images).to(self.torch_device), self.top_k)
+        return records[0] if single else records
 
     def unbatch(self, output: list[dict]) -> list[dict]:
         return output

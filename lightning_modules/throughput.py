@@ -18,7 +18,6 @@ class ImagesPerSecond(L.Callback):
     def __init__(self) -> None:
         self.images = 0
         self.mark = 0.0
-        self.last: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.images, self.mark = 0, time.perf_counter()
@@ -30,8 +29,8 @@ class ImagesPerSecond(L.Callback):
         seconds = time.perf_counter() - self.mark
         if trainer.sanity_checking or not self.images or seconds <= 0:
             return
-        self.last = self.images / seconds * trainer.world_size
-        pl_module.log("train/images_per_s", self.last, prog_bar=True, rank_zero_only=True)
+        rate = self.images / seconds * trainer.world_size
+        pl_module.log("train/images_per_s", rate, prog_bar=True, rank_zero_only=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
