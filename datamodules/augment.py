@@ -40,3 +40,14 @@ def random_flip(images: Tensor) -> Tensor:
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def alternating_flip(images: Tensor, first_flips: Tensor, epoch: int) -> Tensor:
+    """Mirror image i in epoch 0 when ``first_flips[i]``, and in every later epoch when it was not
+    mirrored in the epoch before (airbench's alternating flip).
+
+    A coin toss per epoch shows some images the same way several epochs running; alternating
+    shows every image both ways in any two consecutive epochs, which helps short runs most.
+    """
+    flip = first_flips if epoch % 2 == 0 else ~first_flips
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(3), images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
@@ -34,6 +35,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         crop_padding: random-crop augmentation: pad by this many pixels, crop back at a random
             offset (0: off).
         flip: random horizontal flip augmentation.
+        alternate_flip: with ``flip``, mirror each image in every other epoch (from a random start
+            per image) instead of tossing a coin each epoch; airbench's trick for short runs.
         num_workers: DataLoader worker processes. 0 is right here: a batch is one tensor index.
         skip_bad_images: leave out image files that cannot be decoded (with a warning and a
             count) instead of stopping at the first one.
@@ -51,6 +54,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         image_size: int = 32,
         crop_padding: int = 0,
         flip: bool = False,
+        alternate_flip: bool = False,
         num_workers: int = 0,
         skip_bad_images: bool = False,
     ) -> None:
@@ -62,12 +66,15 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise DataError(f"--data.eval_batch_size must be a positive integer; got {eval_batch_size}")
         if crop_padding < 0 or num_workers < 0:
             raise DataError("--data.crop_padding and --data.num_workers must be >= 0")
+        if alternate_flip and not flip:
+            raise DataError("--data.alternate_flip true needs --data.flip true")
         self.save_hyperparameters()
         # Known without decoding anything, so the CLI can link num_classes/class names into the model.
         self.classes: list[str] = sources.discover_classes(data_dir, download)
         self.train_split: Split | None = None
         self.val_split: Split | None = None
         self.test_split: Split | None = None
+        self.first_flips: Tensor | None = None  # alternate_flip: which images are mirrored in epoch 0
 
     @property
     def num_classes(self) -> int:
@@ -106,6 +113,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.val_split = Split(data.train.images[val_idx], data.train.labels[val_idx])
             how = f"seeded split of train, split_seed={self.hparams.split_seed}"
         self.test_split = data.test
+        # From the training seed (set before setup), so a rerun or a resumed run flips the same way;
+        # every DDP process draws the same bits, and batches carry global indices.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        self.first_flips = torch.rand(len(self.train_split), generator=generator) < 0.5
         test = f"{len(self.test_split):,}" if self.test_split is not None else "none"
         rank_zero_info(
             f"Data ({data.kind}, {self.num_classes} classes, {self.image_size}x{self.image_size}): "
@@ -123,7 +134,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if split is None:
             raise DataError(f"no {name} split in {self.hparams.data_dir}; add {name}/<class>/ images there")
         hp = self.hparams
-        dataset = TensorBatches(split.images, split.labels)
+        dataset = TensorBatches(split.images, split.labels, with_indices=train and hp.alternate_flip)
         sampler = None
         trainer = self.trainer
         if not train and trainer is not None and trainer.world_size > 1:
@@ -160,12 +171,15 @@ class CIFAR10DataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_split, "test", train=False)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):
             return batch  # not one of our batches, e.g. the model's example input for its summary
-        images, labels = batch
+        images, labels = batch[:2]
         if self.trainer is not None and self.trainer.training:
             images = augment.random_crop(images, self.hparams.crop_padding)
-            if self.hparams.flip:
+            if self.hparams.alternate_flip:
+                flips = self.first_flips.to(images.device)[batch[2]]
+                images = augment.alternating_flip(images, flips, self.trainer.current_epoch)
+            elif self.hparams.flip:
                 images = augment.random_flip(images)
         return images, labels

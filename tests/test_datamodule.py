@@ -141,3 +141,35 @@ def test_random_flip_mirrors_about_half():
     kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, images, strict=True)])
     assert bool((flipped | kept).all())
     assert 150 < int(flipped.sum()) < 250
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    first = torch.tensor([True, False, True, True, False, False])
+    seen = [augment.alternating_flip(images, first, epoch) for epoch in range(4)]
+    for i in range(len(images)):
+        mirrored = [torch.equal(s[i], images[i].flip(2)) for s in seen]
+        assert mirrored == [bool(first[i]), not first[i], bool(first[i]), not first[i]]
+        assert all(torch.equal(s[i], images[i]) != m for s, m in zip(seen, mirrored, strict=True))
+
+
+def test_alternate_flip_through_the_datamodule(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 6})
+    with pytest.raises(DataError, match="needs --data.flip true"):
+        CIFAR10DataModule(data_dir=str(root), cache_dir=str(cache_dir), alternate_flip=True)
+    torch.manual_seed(3)
+    dm = make_dm(root, cache_dir, val_size=4, batch_size=5, flip=True, alternate_flip=True)
+    first_flips = dm.first_flips.clone()
+    assert first_flips.shape == (len(dm.train_split),) and 0 < int(first_flips.sum()) < len(first_flips)
+    torch.manual_seed(3)  # the same training seed draws the same first-epoch flips
+    assert torch.equal(make_dm(root, cache_dir, val_size=4, flip=True, alternate_flip=True).first_flips, first_flips)
+    images, labels, indices = next(iter(dm.train_dataloader()))  # training batches carry image indices
+    assert torch.equal(images, dm.train_split.images[indices]) and torch.equal(labels, dm.train_split.labels[indices])
+    for epoch in (0, 1, 2):
+        dm.trainer = SimpleNamespace(training=True, current_epoch=epoch)
+        out, out_labels = dm.on_after_batch_transfer((images, labels, indices), 0)
+        assert torch.equal(out_labels, labels)
+        for i, index in enumerate(indices.tolist()):
+            assert torch.equal(out[i], images[i].flip(2) if bool(first_flips[index]) ^ (epoch % 2 == 1) else images[i])
+    dm.trainer = None
+    assert len(next(iter(dm.val_dataloader()))) == 2  # evaluation batches stay (images, labels)

@@ -32,6 +32,29 @@ def test_airbench_shape_and_size():
     assert AirbenchNet(whiten_trainable=True).whiten.weight.requires_grad
 
 
+def test_airbench_batchnorm_and_identity_init():
+    from lightning_modules.nets.airbench import ConvGroup
+
+    net = AirbenchNet(widths=(8, 16, 16))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+    assert all(n.momentum == 0.4 for n in norms)
+    assert all(n.weight.requires_grad for n in AirbenchNet(bn_weight_trainable=True).modules() if hasattr(n, "running_mean"))
+    # Each conv starts as the identity on its first input channels (the rest random).
+    group = ConvGroup(4, 8, bn_momentum=0.4, bn_weight_trainable=False)
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.allclose(group.conv1(x)[:, :4], x) and not torch.allclose(group.conv1(x)[:, 4:], torch.zeros(2, 4, 6, 6))
+
+
+def test_airbench_whiten_stride_halves_the_resolution():
+    net = AirbenchNet(widths=(8, 8, 8), whiten_stride=2).eval()
+    assert net.whiten.stride == (2, 2)
+    assert net.whiten(torch.zeros(1, 3, 32, 32)).shape == (1, 24, 16, 16)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="whiten_stride must be 1 or 2"):
+        AirbenchNet(whiten_stride=3)
+
+
 def test_whitened_patches_have_identity_covariance():
     torch.manual_seed(0)
     # Correlated channels and neighbouring pixels, like natural images.

@@ -10,17 +10,28 @@ import torch
 from torch import Tensor, nn
 
 
+def batch_norm(channels: int, momentum: float, weight_trainable: bool) -> nn.BatchNorm2d:
+    # eps near 0: the conv before has no bias and a free scale, so eps would only blur small channels.
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+    norm.weight.requires_grad_(weight_trainable)
+    return norm
+
+
 class ConvGroup(nn.Module):
     """conv 3x3 -> max-pool 2 -> BatchNorm -> GELU -> conv 3x3 -> BatchNorm -> GELU."""
 
-    def __init__(self, channels_in: int, channels_out: int) -> None:
+    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float, bn_weight_trainable: bool) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = nn.BatchNorm2d(channels_out)
+        self.norm1 = batch_norm(channels_out, bn_momentum, bn_weight_trainable)
         self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding="same", bias=False)
-        self.norm2 = nn.BatchNorm2d(channels_out)
+        self.norm2 = batch_norm(channels_out, bn_momentum, bn_weight_trainable)
         self.act = nn.GELU()
+        for conv in (self.conv1, self.conv2):
+            # Start each conv as (partly) the identity on its first input channels: the signal passes
+            # through the untrained network, which makes the first few hundred steps count.
+            nn.init.dirac_(conv.weight.data[: conv.in_channels])
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -37,6 +48,12 @@ class AirbenchNet(nn.Module):
         logit_scale: multiplies the logits (a fixed temperature; airbench uses 1/9).
         whiten_trainable: let the optimiser tune the whitening weights after their
             initialisation (its bias always trains).
+        whiten_stride: 1 whitens every 2x2 patch (airbench); 2 only non-overlapping ones, so the
+            conv groups run at half the resolution for about a quarter of the compute (the CPU recipe).
+        bn_momentum: BatchNorm running-statistics momentum (PyTorch's convention: weight of the new
+            batch). High, because short runs must have good statistics after a few hundred steps.
+        bn_weight_trainable: train the BatchNorm scales too; airbench trains only the biases, at a
+            higher learning rate (``--model.norm_lr_scale``).
     """
 
     def __init__(
@@ -45,20 +62,28 @@ class AirbenchNet(nn.Module):
         widths: tuple[int, int, int] = (64, 256, 256),
         logit_scale: float = 1 / 9,
         whiten_trainable: bool = False,
+        whiten_stride: int = 1,
+        bn_momentum: float = 0.4,
+        bn_weight_trainable: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.widths = tuple(widths)
         self.logit_scale = logit_scale
         self.whiten_trainable = whiten_trainable
+        self.whiten_stride = whiten_stride
+        self.bn_momentum = bn_momentum
+        self.bn_weight_trainable = bn_weight_trainable
+        if whiten_stride not in (1, 2):
+            raise ValueError(f"--model.net.whiten_stride must be 1 or 2, got {whiten_stride}")
         # 3 channels x 2 x 2 pixels = 12 patch dimensions; each eigenvector is used with both signs
         # so that the GELU after it keeps the information of either half.
-        self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
+        self.whiten = nn.Conv2d(3, 24, kernel_size=2, stride=whiten_stride, padding=0, bias=True)
         self.whiten.weight.requires_grad_(whiten_trainable)
         self.act = nn.GELU()
         groups, channels = [], 24
         for width in widths:
-            groups.append(ConvGroup(channels, width))
+            groups.append(ConvGroup(channels, width, bn_momentum, bn_weight_trainable))
             channels = width
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)

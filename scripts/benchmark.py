@@ -1,0 +1,308 @@
+"""How fast is training here, and what does Lightning cost? Side by side, in one run, on the same data.
+
+python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg            # all three parts
+python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg --only throughput,overhead
+
+  throughput        training images/s with the tutorial network (Tudui, batch 64, plain SGD):
+                    a loop written the way the tutorial writes it (torchvision-style dataset that
+                    builds a PIL image and runs ToTensor per image, DataLoader, batch 64) against
+                    scripts/fit.py's path (uint8 batches, normalisation in the model), plain and
+                    with --model.channels_last true.
+  overhead          Lightning's per-step cost: the fit path against a plain loop over the same
+                    DataModule batches, the same ImageClassifier, its metric updates and optimiser.
+  time_to_accuracy  wall time from launching scripts/fit.py with a recipe to its first validation
+                    at or above --target (the data cache already built).
+
+Runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine drifts. Prints a
+table and writes the figures as JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_modules.cli import ClassifierCLI  # noqa: E402
+from lightning_modules.nets import Tudui  # noqa: E402
+
+
+class TutorialStyleCIFAR10(Dataset):
+    """What ``torchvision.datasets.CIFAR10(transform=ToTensor())`` does per item: an HWC uint8 array
+    turned into a PIL image, then ``ToTensor`` (to float, scaled, CHW). Same images as the fit path."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        from torchvision.transforms import ToTensor
+
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.tolist()
+        self.transform = ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def timed_steps(batches, step, warmup: int, steps: int, batch_size: int) -> float:
+    """Images/s of ``step`` over ``steps`` batches after ``warmup`` (data loading included)."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(next(iterator))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(iterator))
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def tutorial_loop(split, device: torch.device, warmup: int, steps: int) -> float:
+    """The tutorial's training loop, as a beginner writes it."""
+    from torch.utils.tensorboard import SummaryWriter
+    import tempfile
+
+    torch.manual_seed(0)
+    loader = DataLoader(TutorialStyleCIFAR10(split.images, split.labels), batch_size=64, shuffle=True)
+    model = Tudui().to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    with tempfile.TemporaryDirectory() as logs:
+        writer = SummaryWriter(logs)
+        count = [0]
+
+        def step(batch) -> None:
+            imgs, targets = batch
+            imgs, targets = imgs.to(device), targets.to(device)
+            loss = loss_fn(model(imgs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            count[0] += 1
+            if count[0] % 100 == 0:
+                writer.add_scalar("train_loss", loss.item(), count[0])
+
+        rate = timed_steps(loader, step, warmup, steps, 64)
+        writer.close()
+    return rate
+
+
+class StepClock:
+    """A callback that times training batches warmup+1 .. warmup+steps of a Trainer run."""
+
+    def __init__(self, warmup: int, steps: int, batch_size: int) -> None:
+        import lightning as L
+
+        class _Clock(L.Callback):
+            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx) -> None:
+                if batch_idx == warmup:
+                    self.start = time.perf_counter()
+
+            def on_train_batch_end(cb, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                if batch_idx == warmup + steps - 1:
+                    self.rate = steps * batch_size / (time.perf_counter() - self.start)
+
+        self.callback = _Clock()
+        self.start = 0.0
+        self.rate = float("nan")
+
+
+def build_cli(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str):
+    args = [
+        "--config", str(ROOT / "configs" / "tutorial.yaml"), "--data.data_dir", data_dir,
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(warmup + steps),
+        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.accelerator", accelerator,
+        "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", "--test", "false", *extra,
+    ]  # fmt: skip
+    return ClassifierCLI(args=args)
+
+
+def fit_path(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str) -> float:
+    """scripts/fit.py's trainer, model and data (tutorial recipe), timed over the same number of steps."""
+    cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator)
+    clock = StepClock(warmup, steps, cli.datamodule.hparams.batch_size)
+    cli.trainer.callbacks.append(clock.callback)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return clock.rate
+
+
+def plain_loop_same_path(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str):
+    """No Trainer: the same DataModule batches, model, metric updates and optimiser, in a for loop."""
+    cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator)
+    model, data = cli.model, cli.datamodule
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    data.prepare_data()
+    data.setup("fit")
+    model.to(device).train()
+    model.setup("fit")
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+
+    def step(batch) -> None:
+        images, labels = (t.to(device, non_blocking=True) for t in batch[:2])
+        loss, preds, targets = model.shared_step((images, labels))
+        model.train_metrics.update(preds, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed_steps(data.train_dataloader(), step, warmup, steps, data.hparams.batch_size)
+
+
+def time_to_accuracy(data_dir: str, recipe: str, target: float, extra: list[str], tmp: Path) -> dict:
+    """Launch scripts/fit.py with the recipe; read its per-epoch lines as they come."""
+    command = [
+        sys.executable, str(ROOT / "scripts" / "fit.py"), "--config", recipe, "--data.data_dir", data_dir,
+        "--trainer.logger.init_args.save_dir", str(tmp), "--test", "false", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+    history, reached = [], None
+    for line in process.stdout:
+        match = re.search(r"^epoch (\d+)/\d+ .*val/acc (\d\.\d+)", line)
+        if match:
+            seconds = time.perf_counter() - start
+            history.append({"epoch": int(match.group(1)), "val_acc": float(match.group(2)), "s": round(seconds, 1)})
+            print(f"  {seconds:6.1f} s  {line.strip()}", flush=True)
+            if reached is None and float(match.group(2)) >= target:
+                reached = seconds
+    returncode = process.wait()
+    if returncode != 0:
+        raise SystemExit(f"error: {' '.join(command)} exited with {returncode}")
+    return {
+        "recipe": recipe,
+        "target": target,
+        "seconds_to_target": round(reached, 1) if reached is not None else None,
+        "total_s": round(time.perf_counter() - start, 1),
+        "final_val_acc": history[-1]["val_acc"] if history else None,
+        "history": history,
+    }
+
+
+def median_rates(runs: dict, repeats: int) -> dict[str, float]:
+    """Each named runner ``repeats`` times, interleaved; the median images/s of each."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats):
+        for name, run in runs.items():
+            rates[name].append(run())
+            print(f"  repeat {r + 1}/{repeats} {name}: {rates[name][-1]:,.0f} images/s", flush=True)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", required=True, help="CIFAR-10 (official files or an image-folder tree)")
+    parser.add_argument("--only", default="throughput,overhead,time_to_accuracy", help="comma-separated parts")
+    parser.add_argument("--steps", type=int, default=150, help="timed training steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per variant; medians reported")
+    parser.add_argument("--recipe", default=str(ROOT / "configs" / "fast_cpu.yaml"), help="for time_to_accuracy")
+    parser.add_argument("--target", type=float, default=0.85, help="validation accuracy for time_to_accuracy")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (all parts run on the same one)")
+    parser.add_argument("--json", default="benchmark.json", help="where the figures go")
+    args = parser.parse_args()
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"throughput", "overhead", "time_to_accuracy"}
+    if unknown:
+        parser.error(f"--only: unknown parts {sorted(unknown)}; choose from throughput, overhead, time_to_accuracy")
+    import tempfile
+
+    import lightning as L
+    from lightning.pytorch.utilities import disable_possible_user_warnings
+
+    disable_possible_user_warnings()
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        machine["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    results: dict = {"machine": machine, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        common = (tmp, args.warmup, args.steps, args.accelerator)
+        if parts & {"throughput", "overhead"}:
+            from datamodules import CIFAR10DataModule
+
+            data = CIFAR10DataModule(data_dir=args.data_dir, download=False)
+            data.prepare_data()
+            data.setup("fit")
+            split = data.train_split
+        if "throughput" in parts:
+            print("throughput: tutorial network, batch 64", flush=True)
+            rates = median_rates(
+                {
+                    "tutorial_loop": lambda: tutorial_loop(split, device, args.warmup, args.steps),
+                    "fit_path": lambda: fit_path(args.data_dir, [], *common),
+                    "fit_path_channels_last": lambda: fit_path(args.data_dir, ["--model.channels_last", "true"], *common),
+                },
+                args.repeats,
+            )
+            base = rates["tutorial_loop"]
+            results["throughput"] = {name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()}
+            rows += [(f"throughput: {name}", f"{r:,.0f} images/s", f"{r / base:.2f}x tutorial loop") for name, r in rates.items()]
+        if "overhead" in parts:
+            print("overhead: same data path and model, with and without the Trainer", flush=True)
+            extra = ["--model.channels_last", "true"]
+            rates = median_rates(
+                {
+                    "plain_loop": lambda: plain_loop_same_path(args.data_dir, extra, *common),
+                    "fit_path": lambda: fit_path(args.data_dir, extra, *common),
+                },
+                args.repeats,
+            )
+            ratio = rates["plain_loop"] / rates["fit_path"]
+            results["overhead"] = {
+                "plain_loop_images_per_s": round(rates["plain_loop"], 1),
+                "fit_path_images_per_s": round(rates["fit_path"], 1),
+                "time_ratio_fit_vs_plain": round(ratio, 3),
+            }
+            rows.append(("overhead: fit path / plain loop", f"{ratio:.3f}x time per step", "target <= 1.10x"))
+        if "time_to_accuracy" in parts:
+            print(f"time_to_accuracy: {args.recipe}, target {args.target:.2%}", flush=True)
+            extra = ["--trainer.accelerator", args.accelerator]
+            found = time_to_accuracy(args.data_dir, args.recipe, args.target, extra, tmp)
+            results["time_to_accuracy"] = found
+            reached = f"{found['seconds_to_target']:.0f} s" if found["seconds_to_target"] is not None else "not reached"
+            rows.append((f"time to {args.target:.0%}: {Path(args.recipe).name}", reached,
+                         f"final val/acc {found['final_val_acc']:.4f} after {found['total_s']:.0f} s"))
+    print(f"\nMachine: {machine['cpu']}, {machine['cpu_threads']} threads, device {machine['device']}, "
+          f"torch {machine['torch']}, lightning {machine['lightning']}")
+    width = max(len(r[0]) for r in rows) if rows else 0
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>22}  {note}")
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"Figures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
