@@ -33,8 +33,6 @@ from lightning_modules.inference import normalize_uint8
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
 STAGES = ("train", "val", "test")
-# Layers whose parameters get ``norm_lr_scale``: a scale and a shift per channel, not features.
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def stage_metrics(num_classes: int) -> MetricCollection:
@@ -87,8 +85,9 @@ class ImageClassifier(L.LightningModule):
         tta: test-time augmentation in validation and test (never in training): "mirror" averages
             the logits of each image and its mirror image; "mirror_translate" also averages
             those of both shifted by one pixel up-left and down-right (edges repeated).
-        norm_lr_scale: learning-rate multiplier for the parameters of normalisation layers (BatchNorm
-            weights and biases). Fast recipes train BatchNorm biases much faster than the weights.
+        bias_lr_scale: learning-rate multiplier for the per-channel parameters (those with one
+            dimension: biases and normalisation scales), which shift and scale features rather than
+            mix them. Airbench trains its BatchNorm and whitening biases 64x faster than the weights.
         decoupled_weight_decay: read the optimiser's ``weight_decay`` as the fraction every weight
             shrinks by per step at the peak learning rate, the same in every parameter group (it
             still follows the schedule), instead of plain SGD's ``lr * weight_decay``, which would
@@ -111,14 +110,14 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: dict | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         tta: Literal["none", "mirror", "mirror_translate"] = "none",
-        norm_lr_scale: float = 1.0,
+        bias_lr_scale: float = 1.0,
         decoupled_weight_decay: bool = False,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if norm_lr_scale < 0:
-            raise ValueError(f"--model.norm_lr_scale must be >= 0, got {norm_lr_scale}")
+        if bias_lr_scale < 0:
+            raise ValueError(f"--model.bias_lr_scale must be >= 0, got {bias_lr_scale}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}")
         with warnings.catch_warnings():
@@ -271,6 +270,12 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Networks whose training changes with the epoch (AirbenchNet freezes its whitening bias).
+        hook = getattr(self.net, "before_optimizer_step", None)
+        if hook is not None:
+            hook(self.current_epoch)
+
     def on_fit_start(self) -> None:
         # Networks with a data-dependent first layer (AirbenchNet's whitening) are initialised from
         # the training images of a fresh run; a resumed run keeps the weights it saved.
@@ -305,12 +310,15 @@ class ImageClassifier(L.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Trainable parameters in two groups: normalisation layers (``norm_lr_scale``) and the rest."""
-        in_norm = {id(p) for m in self.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+        """Trainable parameters in two groups: weights, and per-channel parameters (``bias_lr_scale``).
+
+        One group when the scale is 1, so that runs and checkpoints from before the option look the same.
+        """
         trainable = [p for p in self.parameters() if p.requires_grad]
+        split = self.hparams.bias_lr_scale != 1.0
         groups = [
-            {"params": [p for p in trainable if id(p) not in in_norm], "lr": lr},
-            {"params": [p for p in trainable if id(p) in in_norm], "lr": lr * self.hparams.norm_lr_scale},
+            {"params": [p for p in trainable if p.ndim > 1 or not split], "lr": lr},
+            {"params": [p for p in trainable if p.ndim <= 1 and split], "lr": lr * self.hparams.bias_lr_scale},
         ]
         groups = [g for g in groups if g["params"]]
         if self.hparams.decoupled_weight_decay:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,7 +76,6 @@ def timed_steps(batches, step, warmup: int, steps: int, batch_size: int) -> floa
 def tutorial_loop(split, device: torch.device, warmup: int, steps: int) -> float:
     """The tutorial's training loop, as a beginner writes it."""
     from torch.utils.tensorboard import SummaryWriter
-    import tempfile
 
     torch.manual_seed(0)
     loader = DataLoader(TutorialStyleCIFAR10(split.images, split.labels), batch_size=64, shuffle=True)
@@ -99,6 +101,11 @@ def tutorial_loop(split, device: torch.device, warmup: int, steps: int) -> float
         rate = timed_steps(loader, step, warmup, steps, 64)
         writer.close()
     return rate
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if wants_gpu else "cpu")
 
 
 class StepClock:
@@ -146,7 +153,7 @@ def plain_loop_same_path(data_dir: str, extra: list[str], tmp: Path, warmup: int
     """No Trainer: the same DataModule batches, model, metric updates and optimiser, in a for loop."""
     cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator)
     model, data = cli.model, cli.datamodule
-    device = torch.device("cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(accelerator)
     data.prepare_data()
     data.setup("fit")
     model.to(device).train()
@@ -221,16 +228,14 @@ def main() -> None:
     unknown = parts - {"throughput", "overhead", "time_to_accuracy"}
     if unknown:
         parser.error(f"--only: unknown parts {sorted(unknown)}; choose from throughput, overhead, time_to_accuracy")
-    import tempfile
-
     import lightning as L
     from lightning.pytorch.utilities import disable_possible_user_warnings
 
     disable_possible_user_warnings()
-    import logging
-
+    # The fit path is built from an argument list on purpose; Lightning warns whenever sys.argv is not empty.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(args.accelerator)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
@@ -263,13 +268,20 @@ def main() -> None:
                 {
                     "tutorial_loop": lambda: tutorial_loop(split, device, args.warmup, args.steps),
                     "fit_path": lambda: fit_path(args.data_dir, [], *common),
-                    "fit_path_channels_last": lambda: fit_path(args.data_dir, ["--model.channels_last", "true"], *common),
+                    "fit_path_channels_last": lambda: fit_path(
+                        args.data_dir, ["--model.channels_last", "true"], *common
+                    ),
                 },
                 args.repeats,
             )
             base = rates["tutorial_loop"]
-            results["throughput"] = {name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()}
-            rows += [(f"throughput: {name}", f"{r:,.0f} images/s", f"{r / base:.2f}x tutorial loop") for name, r in rates.items()]
+            results["throughput"] = {
+                name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()
+            }
+            rows += [
+                (f"throughput: {name}", f"{r:,.0f} images/s", f"{r / base:.2f}x tutorial loop")
+                for name, r in rates.items()
+            ]
         if "overhead" in parts:
             print("overhead: same data path and model, with and without the Trainer", flush=True)
             extra = ["--model.channels_last", "true"]
@@ -293,10 +305,17 @@ def main() -> None:
             found = time_to_accuracy(args.data_dir, args.recipe, args.target, extra, tmp)
             results["time_to_accuracy"] = found
             reached = f"{found['seconds_to_target']:.0f} s" if found["seconds_to_target"] is not None else "not reached"
-            rows.append((f"time to {args.target:.0%}: {Path(args.recipe).name}", reached,
-                         f"final val/acc {found['final_val_acc']:.4f} after {found['total_s']:.0f} s"))
-    print(f"\nMachine: {machine['cpu']}, {machine['cpu_threads']} threads, device {machine['device']}, "
-          f"torch {machine['torch']}, lightning {machine['lightning']}")
+            rows.append(
+                (
+                    f"time to {args.target:.0%}: {Path(args.recipe).name}",
+                    reached,
+                    f"final val/acc {found['final_val_acc']:.4f} after {found['total_s']:.0f} s",
+                )
+            )
+    print(
+        f"\nMachine: {machine['cpu']}, {machine['cpu_threads']} threads, device {machine['device']}, "
+        f"torch {machine['torch']}, lightning {machine['lightning']}"
+    )
     width = max(len(r[0]) for r in rows) if rows else 0
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>22}  {note}")

@@ -39,11 +39,28 @@ def test_airbench_batchnorm_and_identity_init():
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 6 and all(not n.weight.requires_grad and n.bias.requires_grad for n in norms)
     assert all(n.momentum == 0.4 for n in norms)
-    assert all(n.weight.requires_grad for n in AirbenchNet(bn_weight_trainable=True).modules() if hasattr(n, "running_mean"))
+    assert all(
+        n.weight.requires_grad for n in AirbenchNet(bn_weight_trainable=True).modules() if hasattr(n, "running_mean")
+    )
     # Each conv starts as the identity on its first input channels (the rest random).
     group = ConvGroup(4, 8, bn_momentum=0.4, bn_weight_trainable=False)
     x = torch.randn(2, 4, 6, 6)
-    assert torch.allclose(group.conv1(x)[:, :4], x) and not torch.allclose(group.conv1(x)[:, 4:], torch.zeros(2, 4, 6, 6))
+    assert torch.allclose(group.conv1(x)[:, :4], x) and not torch.allclose(
+        group.conv1(x)[:, 4:], torch.zeros(2, 4, 6, 6)
+    )
+
+
+def test_airbench_whitening_bias_freezes_after_its_epochs():
+    net = AirbenchNet(widths=(8, 8, 8), whiten_bias_epochs=2)
+    net.whiten.bias.grad = torch.ones(24)
+    net.before_optimizer_step(epoch=1)
+    assert net.whiten.bias.grad is not None
+    net.before_optimizer_step(epoch=2)
+    assert net.whiten.bias.grad is None  # SGD skips it from now on
+    always = AirbenchNet(widths=(8, 8, 8), whiten_bias_epochs=None)
+    always.whiten.bias.grad = torch.ones(24)
+    always.before_optimizer_step(epoch=100)
+    assert always.whiten.bias.grad is not None
 
 
 def test_airbench_whiten_stride_halves_the_resolution():

@@ -10,9 +10,13 @@ import torch
 from torch import nn
 
 from lightning_modules import ImageClassifier
+from lightning_modules.nets import Tudui
 from lightning_modules.schedules import WarmupDecay
 
-SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}}
+SGD = {
+    "class_path": "torch.optim.SGD",
+    "init_args": {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+}
 WARMUP_DECAY = {"class_path": "lightning_modules.schedules.WarmupDecay", "init_args": {"warmup_fraction": 0.25}}
 
 
@@ -37,21 +41,24 @@ def with_trainer(model: ImageClassifier, steps: int, epochs: int) -> ImageClassi
     return model
 
 
-def test_norm_parameters_get_their_own_learning_rate():
-    model = make_model(norm_lr_scale=64.0)
+def test_biases_get_their_own_learning_rate():
+    model = make_model(bias_lr_scale=64.0)
     model.net.norm.weight.requires_grad_(False)  # frozen parameters are left out of every group
     optimizer = model.configure_optimizers()
     assert type(optimizer) is torch.optim.SGD and optimizer.defaults["nesterov"]
-    other, norm = optimizer.param_groups
-    assert [p.shape for p in norm["params"]] == [model.net.norm.bias.shape] and norm["params"][0] is model.net.norm.bias
-    assert len(other["params"]) == 3  # conv weight, head weight and bias
-    assert (other["lr"], norm["lr"]) == (0.5, 32.0)
-    assert other["weight_decay"] == norm["weight_decay"] == 0.01  # coupled: plain SGD's meaning
+    weights, biases = optimizer.param_groups
+    net = model.net
+    assert [id(p) for p in biases["params"]] == [id(net.norm.bias), id(net.head.bias)]
+    assert [id(p) for p in weights["params"]] == [id(net.conv.weight), id(net.head.weight)]
+    assert (weights["lr"], biases["lr"]) == (0.5, 32.0)
+    assert weights["weight_decay"] == biases["weight_decay"] == 0.01  # coupled: plain SGD's meaning
+    # Scale 1: one group, as before the option existed (old checkpoints' optimizer states still load).
+    assert len(make_model().configure_optimizers().param_groups) == 1
 
 
 def test_decoupled_weight_decay_shrinks_every_group_alike():
     plain_sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5, "weight_decay": 0.01}}  # no momentum
-    model = make_model(plain_sgd, norm_lr_scale=64.0, decoupled_weight_decay=True)
+    model = make_model(plain_sgd, bias_lr_scale=64.0, decoupled_weight_decay=True)
     optimizer = model.configure_optimizers()
     for group in optimizer.param_groups:
         assert math.isclose(group["lr"] * group["weight_decay"], 0.01)
@@ -124,3 +131,17 @@ def test_ema_of_the_weights_through_the_cli(tmp_path):
     assert set(averaged) == set(current)
     # The saved weights are the average, which trails the current ones.
     assert not torch.equal(averaged["net.model.0.weight"], current["net.model.0.weight"])
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_and_saves_plain_keys(tmp_path):
+    from conftest import make_image_folder, run_script
+
+    make_image_folder(tmp_path / "data", {"train": 6, "test": 2})
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6",
+        "--trainer.max_epochs", "1", "--model.compile", "true", "--model.channels_last", "true", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = torch.load(tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert set(last["state_dict"]) == set(ImageClassifier(Tudui(num_classes=3), class_names="abc").state_dict())

@@ -39,7 +39,7 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     assert last["global_step"] == 8
     schedule = last["lr_schedulers"][0]
     assert schedule["total_steps"] == 8 and schedule["last_epoch"] == 8
-    assert last["hyper_parameters"]["norm_lr_scale"] == 64.0
+    assert last["hyper_parameters"]["bias_lr_scale"] == 64.0
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     lrs = [e.value for e in events.Scalars("lr-SGD/pg1")]

@@ -47,13 +47,15 @@ class AirbenchNet(nn.Module):
         widths: channels of the three conv groups.
         logit_scale: multiplies the logits (a fixed temperature; airbench uses 1/9).
         whiten_trainable: let the optimiser tune the whitening weights after their
-            initialisation (its bias always trains).
+            initialisation.
+        whiten_bias_epochs: train the whitening bias for this many epochs, then freeze it (airbench:
+            3); None trains it throughout.
         whiten_stride: 1 whitens every 2x2 patch (airbench); 2 only non-overlapping ones, so the
             conv groups run at half the resolution for about a quarter of the compute (the CPU recipe).
         bn_momentum: BatchNorm running-statistics momentum (PyTorch's convention: weight of the new
             batch). High, because short runs must have good statistics after a few hundred steps.
         bn_weight_trainable: train the BatchNorm scales too; airbench trains only the biases, at a
-            higher learning rate (``--model.norm_lr_scale``).
+            higher learning rate (``--model.bias_lr_scale``).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class AirbenchNet(nn.Module):
         widths: tuple[int, int, int] = (64, 256, 256),
         logit_scale: float = 1 / 9,
         whiten_trainable: bool = False,
+        whiten_bias_epochs: int | None = 3,
         whiten_stride: int = 1,
         bn_momentum: float = 0.4,
         bn_weight_trainable: bool = False,
@@ -71,6 +74,7 @@ class AirbenchNet(nn.Module):
         self.widths = tuple(widths)
         self.logit_scale = logit_scale
         self.whiten_trainable = whiten_trainable
+        self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten_stride = whiten_stride
         self.bn_momentum = bn_momentum
         self.bn_weight_trainable = bn_weight_trainable
@@ -99,6 +103,15 @@ class AirbenchNet(nn.Module):
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         weight = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).view(12, 3, 2, 2)
         self.whiten.weight.copy_(torch.cat([weight, -weight]).to(self.whiten.weight))
+
+    def before_optimizer_step(self, epoch: int) -> None:
+        """Called by ImageClassifier once gradients are ready (and averaged, under DDP), before each step.
+
+        Dropping the gradient freezes the bias (SGD skips parameters without one, momentum
+        included); switching requires_grad off instead would break DDP's gradient bookkeeping.
+        """
+        if self.whiten_bias_epochs is not None and epoch >= self.whiten_bias_epochs:
+            self.whiten.bias.grad = None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.groups(self.act(self.whiten(x)))

@@ -1,0 +1,44 @@
+"""scripts/benchmark.py: the tutorial-style baseline sees the same pixels, and a tiny run writes its figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import REPO, make_image_folder, run_script
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tutorial_style_dataset_is_totensor_of_the_same_images():
+    benchmark = load_benchmark()
+    images = torch.randint(0, 256, (3, 3, 5, 4), dtype=torch.uint8)
+    dataset = benchmark.TutorialStyleCIFAR10(images, torch.tensor([2, 0, 1]))
+    for i in range(3):
+        tensor, label = dataset[i]
+        assert tensor.dtype == torch.float32 and tensor.shape == (3, 5, 4)
+        assert torch.allclose(tensor, images[i].float() / 255) and label == [2, 0, 1][i]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_writes_json(tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 60})
+    result = run_script(
+        "benchmark.py", "--data_dir", "data", "--only", "throughput,overhead", "--steps", "2", "--warmup", "1",
+        "--repeats", "1", "--json", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "out.json").read_text())
+    assert set(figures["throughput"]) == {"tutorial_loop", "fit_path", "fit_path_channels_last"}
+    assert figures["throughput"]["tutorial_loop"]["vs_tutorial"] == 1.0
+    assert figures["overhead"]["time_ratio_fit_vs_plain"] > 0
+    assert "overhead: fit path / plain loop" in result.stdout
+    bad = run_script("benchmark.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
+    assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy" in bad.stderr
