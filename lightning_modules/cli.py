@@ -20,7 +20,6 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -31,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from datamodules import CIFAR10DataModule, DataError
 from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
+from lightning_modules.last_checkpoint import ModelCheckpointWithLast
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.progress import progress_bar_class_path
 from lightning_modules.report import RunReport, per_class_table
@@ -109,7 +109,7 @@ class ClassifierCLI(LightningCLI):
         parser.add_argument("--test", type=bool, default=True, help="Test the best checkpoint after fitting.")
         # Always present (not in trainer.callbacks, which a config file replaces as a whole): testing
         # "the best checkpoint" needs it.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")
         parser.add_lightning_class_args(RunReport, "report")
         parser.add_optimizer_args((torch.optim.Optimizer,), link_to="model.optimizer")
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.lr_scheduler")
@@ -200,7 +200,10 @@ def finish_report(cli: ClassifierCLI, trainer: Trainer, model, log_dir: str | No
             if logger._log_graph:  # Lightning draws the graph with its hparams autolog, which is off
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracing warnings about shape checks in the net
-                    logger.log_graph(model.cpu(), model.example_input_array)
+                    try:
+                        logger.log_graph(model.cpu(), model.example_input_array)
+                    except RuntimeError as err:  # e.g. torch.jit cannot trace a compiled network
+                        print(f"TensorBoard graph not drawn: {str(err).splitlines()[0][:160]}")
             # Lightning closed the writer after testing; these late events go to a new one, which
             # must be flushed now or they can be lost when the process exits.
             logger.experiment.flush()

@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.85, help="validation accuracy for time_to_accuracy")
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (all parts run on the same one)")
     parser.add_argument("--json", default="benchmark.json", help="where the figures go")
+    parser.add_argument("--val_size", type=int, default=5000, help="images of train held out, as in the recipes")
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"throughput", "overhead", "time_to_accuracy"}
@@ -255,10 +256,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         common = (tmp, args.warmup, args.steps, args.accelerator)
+        same_split = ["--data.val_size", str(args.val_size)]
         if parts & {"throughput", "overhead"}:
             from datamodules import CIFAR10DataModule
 
-            data = CIFAR10DataModule(data_dir=args.data_dir, download=False)
+            data = CIFAR10DataModule(data_dir=args.data_dir, download=False, val_size=args.val_size)
             data.prepare_data()
             data.setup("fit")
             split = data.train_split
@@ -267,9 +269,9 @@ def main() -> None:
             rates = median_rates(
                 {
                     "tutorial_loop": lambda: tutorial_loop(split, device, args.warmup, args.steps),
-                    "fit_path": lambda: fit_path(args.data_dir, [], *common),
+                    "fit_path": lambda: fit_path(args.data_dir, same_split, *common),
                     "fit_path_channels_last": lambda: fit_path(
-                        args.data_dir, ["--model.channels_last", "true"], *common
+                        args.data_dir, [*same_split, "--model.channels_last", "true"], *common
                     ),
                 },
                 args.repeats,
@@ -284,7 +286,7 @@ def main() -> None:
             ]
         if "overhead" in parts:
             print("overhead: same data path and model, with and without the Trainer", flush=True)
-            extra = ["--model.channels_last", "true"]
+            extra = [*same_split, "--model.channels_last", "true"]
             rates = median_rates(
                 {
                     "plain_loop": lambda: plain_loop_same_path(args.data_dir, extra, *common),
@@ -301,7 +303,7 @@ def main() -> None:
             rows.append(("overhead: fit path / plain loop", f"{ratio:.3f}x time per step", "target <= 1.10x"))
         if "time_to_accuracy" in parts:
             print(f"time_to_accuracy: {args.recipe}, target {args.target:.2%}", flush=True)
-            extra = ["--trainer.accelerator", args.accelerator]
+            extra = [*same_split, "--trainer.accelerator", args.accelerator]
             found = time_to_accuracy(args.data_dir, args.recipe, args.target, extra, tmp)
             results["time_to_accuracy"] = found
             reached = f"{found['seconds_to_target']:.0f} s" if found["seconds_to_target"] is not None else "not reached"
@@ -324,4 +326,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules import DataError
+
+    try:
+        main()
+    except DataError as err:
+        sys.exit(f"error: {err}")

@@ -32,7 +32,7 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     make_image_folder(tmp_path / "data", {"train": 60})
     result = run_script(
         "benchmark.py", "--data_dir", "data", "--only", "throughput,overhead", "--steps", "2", "--warmup", "1",
-        "--repeats", "1", "--json", "out.json", cwd=tmp_path,
+        "--repeats", "1", "--val_size", "20", "--json", "out.json", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "out.json").read_text())
@@ -42,3 +42,6 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert "overhead: fit path / plain loop" in result.stdout
     bad = run_script("benchmark.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
     assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy" in bad.stderr
+    bad = run_script("benchmark.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: val_size must be")
+    assert "Traceback" not in bad.stderr

@@ -119,6 +119,17 @@ def test_trainer_saves_through_atomic_io(tiny):
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny):
+    # "epoch" monitored with mode min: only epoch 0 is ever the best. Lightning 2.6 alone would leave
+    # last.ckpt at epoch 0, and --ckpt_path last would retrain epochs 1 and 2.
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--test", "false"]
+    fit_main([*args, "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", *QUIET])
+    folder = tiny / "runs" / "tutorial" / "version_0" / "checkpoints"
+    assert [p.name.split("-")[0] for p in folder.glob("epoch=*.ckpt")] == ["epoch=00"]
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # 12 images in batches of 6: 2 steps per epoch
+
+
 # --- determinism and exact resume ------------------------------------------------------------
 
 RECIPE = [
