@@ -32,6 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from PIL import Image
 from torch import nn
@@ -108,24 +109,21 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if wants_gpu else "cpu")
 
 
-class StepClock:
-    """A callback that times training batches warmup+1 .. warmup+steps of a Trainer run."""
+class StepClock(L.Callback):
+    """Times training batches warmup+1 .. warmup+steps of a Trainer run; ``rate`` is images/s."""
 
     def __init__(self, warmup: int, steps: int, batch_size: int) -> None:
-        import lightning as L
-
-        class _Clock(L.Callback):
-            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx) -> None:
-                if batch_idx == warmup:
-                    self.start = time.perf_counter()
-
-            def on_train_batch_end(cb, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                if batch_idx == warmup + steps - 1:
-                    self.rate = steps * batch_size / (time.perf_counter() - self.start)
-
-        self.callback = _Clock()
+        self.warmup, self.steps, self.batch_size = warmup, steps, batch_size
         self.start = 0.0
         self.rate = float("nan")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.warmup + self.steps - 1:
+            self.rate = self.steps * self.batch_size / (time.perf_counter() - self.start)
 
 
 def build_cli(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str):
@@ -144,7 +142,7 @@ def fit_path(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int
     """scripts/fit.py's trainer, model and data (tutorial recipe), timed over the same number of steps."""
     cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator)
     clock = StepClock(warmup, steps, cli.datamodule.hparams.batch_size)
-    cli.trainer.callbacks.append(clock.callback)
+    cli.trainer.callbacks.append(clock)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return clock.rate
 
@@ -229,7 +227,6 @@ def main() -> None:
     unknown = parts - {"throughput", "overhead", "time_to_accuracy"}
     if unknown:
         parser.error(f"--only: unknown parts {sorted(unknown)}; choose from throughput, overhead, time_to_accuracy")
-    import lightning as L
     from lightning.pytorch.utilities import disable_possible_user_warnings
 
     disable_possible_user_warnings()
