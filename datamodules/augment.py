@@ -51,3 +51,11 @@ def alternating_flip(images: Tensor, first_flips: Tensor, epoch: int) -> Tensor:
     """
     flip = first_flips if epoch % 2 == 0 else ~first_flips
     return torch.where(flip.to(images.device)[:, None, None, None], images.flip(3), images)
+
+
+def resize(images: Tensor, size: int) -> Tensor:
+    """Resize uint8 images to ``size`` x ``size`` (bilinear, antialiased when shrinking), still uint8."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)

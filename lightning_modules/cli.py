@@ -122,7 +122,18 @@ class ClassifierCLI(LightningCLI):
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self._resolve_last()
         trainer = self.config.trainer
+        every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+        if every and epochs and epochs > 0 and epochs % every:
+            divisors = [d for d in range(1, epochs + 1) if epochs % d == 0]
+            raise UsageError(
+                f"--trainer.check_val_every_n_epoch {every} does not divide --trainer.max_epochs {epochs}, so the "
+                f"last epoch would not be validated and the best checkpoint and test would miss it; use one of {divisors}"
+            )
         callbacks = trainer.callbacks or []
+        if trainer.logger in (False, None):
+            # LearningRateMonitor refuses to run without a logger; with none there is nothing to record.
+            callbacks = [c for c in callbacks if not c.class_path.endswith("LearningRateMonitor")]
+            trainer.callbacks = callbacks
         if trainer.enable_progress_bar is not False and not any("Progress" in c.class_path for c in callbacks):
             # A live bar in a terminal, plain lines in logs (decided now, from where output goes).
             trainer.callbacks = [*callbacks, Namespace(class_path=progress_bar_class_path(), init_args=Namespace())]

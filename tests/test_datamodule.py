@@ -173,3 +173,35 @@ def test_alternate_flip_through_the_datamodule(tmp_path, cache_dir):
             assert torch.equal(out[i], images[i].flip(2) if bool(first_flips[index]) ^ (epoch % 2 == 1) else images[i])
     dm.trainer = None
     assert len(next(iter(dm.val_dataloader()))) == 2  # evaluation batches stay (images, labels)
+
+
+def test_resize_keeps_flat_images_flat_and_averages_blocks():
+    flat = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.equal(augment.resize(flat, 16), torch.full((2, 3, 16, 16), 77, dtype=torch.uint8))
+    # Halving is antialiased (without it bilinear would sample single pixels): away from the border
+    # a checkerboard turns mid-grey.
+    board = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 200).to(torch.uint8).expand(1, 3, 8, 8)
+    assert torch.equal(augment.resize(board, 4)[..., 1:3, 1:3], torch.full((1, 3, 2, 2), 100, dtype=torch.uint8))
+    # A left-right ramp stays ordered left to right.
+    ramp = (torch.arange(32) * 8).to(torch.uint8).expand(1, 3, 32, 32)
+    row = augment.resize(ramp, 24)[0, 0, 5].int()
+    assert (row.diff() > 0).all()
+    assert augment.resize(ramp, 32) is ramp
+
+
+def test_progressive_sizes_resize_training_batches_per_epoch(tmp_path, cache_dir):
+    root = make_image_folder(tmp_path / "d", {"train": 6})
+    for bad in ([8, 33], [1, 32]):
+        with pytest.raises(DataError, match="each size must be from 2 to --data.image_size"):
+            CIFAR10DataModule(data_dir=str(root), cache_dir=str(cache_dir), progressive_sizes=bad)
+    dm = make_dm(root, cache_dir, val_size=4, batch_size=5, crop_padding=2, flip=True, progressive_sizes=[16, 24])
+    images, labels = next(iter(dm.train_dataloader()))
+    for epoch, size in ((0, 16), (1, 24), (5, 24)):  # the last size holds for later epochs
+        dm.trainer = SimpleNamespace(training=True, current_epoch=epoch)
+        out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+        assert out.shape == (5, 3, size, size) and out.dtype == torch.uint8
+        assert torch.equal(out_labels, labels)
+    dm.trainer = None
+    val_images, val_labels = next(iter(dm.val_dataloader()))
+    dm.trainer = SimpleNamespace(training=False, current_epoch=0)
+    assert dm.on_after_batch_transfer((val_images, val_labels), 0)[0].shape[-1] == 32  # evaluation at full size

@@ -85,6 +85,8 @@ def tiny(tmp_path, monkeypatch):
         (["--model.net", "ResNet999"], "(networks: AirbenchNet, ResNet18, Tudui"),
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
         (["--ckpt_path", "half.ckpt"], "--ckpt_path half.ckpt is damaged or truncated"),
+        (["--trainer.check_val_every_n_epoch", "2"], "does not divide --trainer.max_epochs 1"),
+        (["--data.progressive_sizes", "[16, 40]"], "each size must be from 2 to --data.image_size (32)"),
     ],
 )
 def test_bad_configuration_is_one_line(tiny, capsys, args, message):
@@ -128,6 +130,35 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny):
     assert [p.name.split("-")[0] for p in folder.glob("epoch=*.ckpt")] == ["epoch=00"]
     last = torch.load(folder / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)  # 12 images in batches of 6: 2 steps per epoch
+
+
+
+def test_last_checkpoint_follows_epochs_without_validation(tiny):
+    # Validation only every 2nd epoch: Lightning alone saves nothing after epoch 0, so a crash in
+    # epoch 1 would lose epoch 0 too.
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_modules.cli import ClassifierCLI
+
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", *QUIET]
+    cli = ClassifierCLI(args=[*args, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2"])
+    seen = []
+
+    class LastCheckpointSpy(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+            seen.append(torch.load(last, weights_only=True)["epoch"] if last.exists() else None)
+
+    cli.trainer.callbacks.append(LastCheckpointSpy())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert seen == [None, 0]
+    assert torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_runs_without_a_logger(tiny, capsys):
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--trainer.max_epochs", "1", "--test", "false", *QUIET]
+    fit_main([*args, "--trainer.logger", "false"])
+    assert "Run directory" in capsys.readouterr().out
 
 
 # --- determinism and exact resume ------------------------------------------------------------
