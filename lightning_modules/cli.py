@@ -126,8 +126,8 @@ class ClassifierCLI(LightningCLI):
         if every and epochs and epochs > 0 and epochs % every:
             divisors = [d for d in range(1, epochs + 1) if epochs % d == 0]
             raise UsageError(
-                f"--trainer.check_val_every_n_epoch {every} does not divide --trainer.max_epochs {epochs}, so the "
-                f"last epoch would not be validated and the best checkpoint and test would miss it; use one of {divisors}"
+                f"--trainer.check_val_every_n_epoch {every} does not divide --trainer.max_epochs {epochs}, so the last "
+                f"epoch would not be validated and the best checkpoint and test would miss it; use one of {divisors}"
             )
         callbacks = trainer.callbacks or []
         if trainer.logger in (False, None):

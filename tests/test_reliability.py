@@ -132,7 +132,6 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny):
     assert (last["epoch"], last["global_step"]) == (2, 6)  # 12 images in batches of 6: 2 steps per epoch
 
 
-
 def test_last_checkpoint_follows_epochs_without_validation(tiny):
     # Validation only every 2nd epoch: Lightning alone saves nothing after epoch 0, so a crash in
     # epoch 1 would lose epoch 0 too.
