@@ -29,7 +29,8 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     result = run_script(
         "fit.py", "--config", str(REPO / "configs" / "fast_cpu.yaml"), "--data.data_dir", "data",
         "--data.val_size", "10", "--data.batch_size", "8", "--trainer.max_epochs", "2",
-        "--trainer.log_every_n_steps", "1", cwd=tmp_path,
+        # The recipe validates once, after its last epoch; with 2 epochs that is every 2nd.
+        "--trainer.check_val_every_n_epoch", "2", "--trainer.log_every_n_steps", "1", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "fast_cpu" / "version_0"
@@ -45,3 +46,4 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     lrs = [e.value for e in events.Scalars("lr-SGD/pg1")]
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # warm-up, then decay
     assert max(e.value for e in events.Scalars("lr-SGD/pg2")) == pytest.approx(64 * max(lrs))
+    assert len(events.Scalars("val/acc")) == 1
