@@ -45,3 +45,19 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     bad = run_script("benchmark.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: val_size must be")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_overhead_parts_run_a_fast_recipe(tmp_path, monkeypatch, precision):
+    # The GPU comparison (fast.yaml against a plain loop of it) in miniature: fast_cpu.yaml's
+    # augmentation (alternating flip, progressive sizes) and, on request, mixed precision.
+    benchmark = load_benchmark()
+    make_image_folder(tmp_path / "data", {"train": 10})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("sys.argv", ["benchmark.py"])
+    recipe = str(REPO / "configs" / "fast_cpu.yaml")
+    extra = ["--data.val_size", "6", "--data.batch_size", "8", "--trainer.precision", precision]
+    for run in (benchmark.plain_loop_same_path, benchmark.fit_path):
+        assert run("data", extra, tmp_path, 1, 2, "cpu", recipe) > 0
