@@ -28,6 +28,7 @@ class LineProgress(ProgressBar):
         self.every_n_steps = every_n_steps
         self._enabled = True
         self._fit_start = 0.0
+        self._validated_epoch = -1
 
     def disable(self) -> None:
         self._enabled = False
@@ -39,10 +40,11 @@ class LineProgress(ProgressBar):
         if self._enabled and self.trainer.is_global_zero:
             print(text, flush=True)
 
-    def _fields(self) -> str:
+    def _fields(self, with_validation: bool = True) -> str:
         metrics = self.get_metrics(self.trainer, self.trainer.lightning_module)
+        keys = ("train/loss", "val/loss", "val/acc") if with_validation else ("train/loss",)
         shown = []
-        for key in ("train/loss", "val/loss", "val/acc", "train/images_per_s"):
+        for key in (*keys, "train/images_per_s"):
             if key in metrics:
                 value = metrics[key]
                 shown.append(f"{key} {float(value):.0f}" if key.endswith("per_s") else f"{key} {float(value):.4f}")
@@ -50,6 +52,7 @@ class LineProgress(ProgressBar):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
+        self._validated_epoch = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and (batch_idx + 1) % self.every_n_steps == 0:
@@ -58,6 +61,16 @@ class LineProgress(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        self._validated_epoch = trainer.current_epoch
+        self._print_epoch_line(trainer, with_validation=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Runs after this epoch's validation, if there was one. Without one (check_val_every_n_epoch > 1)
+        # the line still comes, without the previous validation's figures, which would look current.
+        if self._validated_epoch != trainer.current_epoch:
+            self._print_epoch_line(trainer, with_validation=False)
+
+    def _print_epoch_line(self, trainer, with_validation: bool) -> None:
         epochs_done = trainer.current_epoch + 1
         elapsed = time.perf_counter() - self._fit_start
         left = ""
@@ -65,4 +78,4 @@ class LineProgress(ProgressBar):
             remaining = max(trainer.max_epochs - epochs_done, 0) * elapsed / epochs_done
             left = f" | {elapsed:.0f} s elapsed, ~{remaining:.0f} s left"
         epoch = f"epoch {trainer.current_epoch}/{trainer.max_epochs}"
-        self._print(f"{epoch} step {trainer.global_step} | {self._fields()}{left}")
+        self._print(f"{epoch} step {trainer.global_step} | {self._fields(with_validation)}{left}")

@@ -33,6 +33,10 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
         "--trainer.check_val_every_n_epoch", "2", "--trainer.log_every_n_steps", "1", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # A line per epoch; the unvalidated epoch shows no validation figures rather than stale ones.
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" step")[0] for line in lines] == ["epoch 0/2", "epoch 1/2"]
+    assert "val/acc" not in lines[0] and "val/acc" in lines[1]
     run_dir = tmp_path / "runs" / "fast_cpu" / "version_0"
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # 32 training images in batches of 8: 4 steps per epoch, 8 in all, and the per-step schedule
