@@ -26,6 +26,8 @@ from torch import Tensor
 
 from lightning_modules.atomic_files import atomic_write
 
+from .augment import resize
+
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -42,7 +44,7 @@ OFFICIAL_FOLDER = "cifar-10-batches-py"
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Bump when the cache layout or decoding changes, so old caches are not trusted.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images of another size are shrunk by augment.resize, not torchvision's uint8 kernel
 
 
 class DataError(Exception):
@@ -168,7 +170,7 @@ def _load_official(root: Path, download: bool, image_size: int) -> SourceData:
         ds = _official_dataset(root, train=train, download=download)
         # (N, H, W, C) numpy -> (N, C, H, W) contiguous, the layout convolutions want.
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        splits[name] = Split(_resize_batch(images, image_size), torch.tensor(ds.targets, dtype=torch.int64))
+        splits[name] = Split(resize(images, image_size), torch.tensor(ds.targets, dtype=torch.int64))
     return SourceData(list(CIFAR10_CLASSES), splits["train"], None, splits["test"], "official")
 
 
@@ -316,7 +318,7 @@ def _read_image(path: Path, image_size: int) -> Tensor:
         image = decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
         image = _read_with_pillow(path)  # formats torchvision does not decode (BMP, TIFF, ...)
-    return _resize_batch(image[None], image_size)[0]
+    return resize(image[None], image_size)[0]
 
 
 def _read_with_pillow(path: Path) -> Tensor:
@@ -331,14 +333,6 @@ def _read_with_pillow(path: Path) -> Tensor:
             f"cannot decode image {path} ({err}); fix or remove the file, or pass --data.skip_bad_images true"
         ) from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-
-
-def _resize_batch(images: Tensor, size: int) -> Tensor:
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    from torchvision.transforms.v2.functional import resize
-
-    return resize(images, [size, size], antialias=True)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:

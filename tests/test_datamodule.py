@@ -187,6 +187,10 @@ def test_resize_keeps_flat_images_flat_and_averages_blocks():
     row = augment.resize(ramp, 24)[0, 0, 5].int()
     assert (row.diff() > 0).all()
     assert augment.resize(ramp, 32) is ramp
+    # Working in chunks (memory) does not change a pixel; non-square inputs become square.
+    noise = torch.randint(0, 256, (5, 3, 20, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(augment.resize(noise, 12, chunk=2), augment.resize(noise, 12, chunk=5))
+    assert augment.resize(noise, 12).shape == (5, 3, 12, 12)
 
 
 def test_progressive_sizes_resize_training_batches_per_epoch(tmp_path, cache_dir):

@@ -12,7 +12,7 @@ import torch
 from conftest import CLASSES, make_image_folder, make_official_batches
 from PIL import Image
 
-from datamodules import sources
+from datamodules import augment, sources
 from datamodules.sources import CIFAR10_CLASSES, DataError
 
 
@@ -44,6 +44,9 @@ def test_other_sizes_and_formats_are_resized(tmp_path, cache_dir):
     assert (gray == 128).all()  # grey becomes R=G=B, a flat image stays flat when resized
     small = sources.load(root, cache_dir=cache_dir, image_size=16, log=lambda m: None)
     assert small.train.images.shape == (7, 3, 16, 16)
+    # Decoding at another size uses the same shrink as progressive resizing (datamodules.augment).
+    full = sources.load(root, cache_dir=cache_dir, image_size=40, log=lambda m: None)
+    assert torch.equal(small.train.images, augment.resize(full.train.images, 16))
 
 
 def test_official_batches(tmp_path, skip_md5):
