@@ -7,7 +7,8 @@ python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg --only throug
                     a loop written the way the tutorial writes it (torchvision-style dataset that
                     builds a PIL image and runs ToTensor per image, DataLoader, batch 64) against
                     scripts/fit.py's path (uint8 batches, normalisation in the model), plain and
-                    with --model.channels_last true.
+                    with --model.channels_last true; and the network's step alone on one batch in
+                    memory, the ceiling that no data path can beat.
   overhead          Lightning's per-step cost: the fit path against a plain loop over the same
                     DataModule batches and augmentation, the same ImageClassifier, its metric
                     updates, optimiser and mixed precision. The recipe is --overhead_recipe
@@ -22,6 +23,7 @@ table and writes the figures as JSON (--json).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import platform
@@ -66,15 +68,22 @@ class TutorialStyleCIFAR10(Dataset):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
+def now() -> float:
+    """perf_counter once the GPU's queued work is done: CUDA calls return before the work is."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def timed_steps(batches, step, warmup: int, steps: int, batch_size: int) -> float:
     """Images/s of ``step`` over ``steps`` batches after ``warmup`` (data loading included)."""
     iterator = iter(batches)
     for _ in range(warmup):
         step(next(iterator))
-    start = time.perf_counter()
+    start = now()
     for _ in range(steps):
         step(next(iterator))
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (now() - start)
 
 
 def tutorial_loop(split, device: torch.device, warmup: int, steps: int) -> float:
@@ -107,6 +116,26 @@ def tutorial_loop(split, device: torch.device, warmup: int, steps: int) -> float
     return rate
 
 
+def network_alone(device: torch.device, warmup: int, steps: int) -> float:
+    """The ceiling for any data path: the tutorial network's training step alone, channels-last
+    (the faster layout here), repeated on one batch already in memory, as float: no loading, no
+    conversion, no metrics. If this is under 2x the tutorial loop, no data path can reach 2x."""
+    torch.manual_seed(0)
+    model = Tudui().to(device, memory_format=torch.channels_last).train()
+    images = torch.rand(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (64,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(_) -> None:
+        loss = loss_fn(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed_steps(itertools.repeat(None), step, warmup, steps, 64)
+
+
 def resolve_device(accelerator: str) -> torch.device:
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if wants_gpu else "cpu")
@@ -122,11 +151,11 @@ class StepClock(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.start = now()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.warmup + self.steps - 1:
-            self.rate = self.steps * self.batch_size / (time.perf_counter() - self.start)
+            self.rate = self.steps * self.batch_size / (now() - self.start)
 
 
 TUTORIAL = str(ROOT / "configs" / "tutorial.yaml")
@@ -296,6 +325,7 @@ def main() -> None:
                     "fit_path_channels_last": lambda: fit_path(
                         args.data_dir, [*same_split, "--model.channels_last", "true"], *common
                     ),
+                    "network_alone": lambda: network_alone(device, args.warmup, args.steps),
                 },
                 args.repeats,
             )
@@ -304,7 +334,11 @@ def main() -> None:
                 name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()
             }
             rows += [
-                (f"throughput: {name}", f"{r:,.0f} images/s", f"{r / base:.2f}x tutorial loop")
+                (
+                    f"throughput: {name}",
+                    f"{r:,.0f} images/s",
+                    f"{r / base:.2f}x tutorial loop" + (" (ceiling: no data path)" if name == "network_alone" else ""),
+                )
                 for name, r in rates.items()
             ]
         if "overhead" in parts:

@@ -36,7 +36,8 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "out.json").read_text())
-    assert set(figures["throughput"]) == {"tutorial_loop", "fit_path", "fit_path_channels_last"}
+    assert set(figures["throughput"]) == {"tutorial_loop", "fit_path", "fit_path_channels_last", "network_alone"}
+    assert "(ceiling: no data path)" in result.stdout
     assert figures["throughput"]["tutorial_loop"]["vs_tutorial"] == 1.0
     assert figures["overhead"]["time_ratio_fit_vs_plain"] > 0
     assert "overhead: fit path / plain loop" in result.stdout
