@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from datamodules import CIFAR10DataModule, DataError
 from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
+from lightning_modules.errors import UsageError
 from lightning_modules.last_checkpoint import ModelCheckpointWithLast
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.progress import progress_bar_class_path
@@ -63,10 +64,6 @@ DEFAULTS = {
 }
 
 
-class UsageError(Exception):
-    """A command-line mistake; the message says how to fix it."""
-
-
 class CompactErrorParser(LightningArgumentParser):
     """Reports a bad option in one line instead of a hundred lines of usage."""
 
@@ -92,6 +89,17 @@ class ClassifierCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": "Train a CIFAR-10 classifier, then test its best checkpoint."},
         )
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # The project's constructors check their arguments with ValueError, and their messages
+            # name the option and the fix; jsonargparse wraps those raised by callbacks.
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise UsageError(str(cause)) from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -26,6 +26,7 @@ import torch
 
 from datamodules.image_files import ImageFileError, expand_inputs, read_image
 from lightning_modules.atomic_files import atomic_write
+from lightning_modules.errors import UsageError
 
 OUTPUT_FORMATS = (".json", ".csv")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
@@ -66,10 +67,6 @@ def pick_device(accelerator: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
     return torch.device("cpu")
-
-
-class UsageError(Exception):
-    pass
 
 
 def predict_main(argv: list[str] | None = None) -> int:
