@@ -21,6 +21,7 @@ from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.cli import fit_main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+LOOKAHEAD = "lightning_modules.lookahead.Lookahead"
 
 
 def val_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -87,6 +88,14 @@ def tiny(tmp_path, monkeypatch):
         (["--ckpt_path", "half.ckpt"], "--ckpt_path half.ckpt is damaged or truncated"),
         (["--trainer.check_val_every_n_epoch", "2"], "does not divide --trainer.max_epochs 1"),
         (["--data.progressive_sizes", "[16, 40]"], "each size must be from 2 to --data.image_size (32)"),
+        (["--model.bias_lr_scale", "-1"], "--model.bias_lr_scale must be >= 0"),
+        ([f"--trainer.callbacks+={LOOKAHEAD}", "--trainer.callbacks.every", "0"], "Lookahead every=0"),
+        (
+            # max_time: were the check missing, the test would fail instead of training forever
+            [f"--trainer.callbacks+={LOOKAHEAD}", "--trainer.max_epochs", "-1", "--trainer.max_time", "00:00:00:30"]
+            + ["--data.val_size", "6", "--test", "false"],
+            "Lookahead needs the run's length",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line(tiny, capsys, args, message):
