@@ -39,6 +39,7 @@ class Lookahead(L.Callback):
         self.every, self.decay, self.power = every, decay, power
         self.slow: dict[str, Tensor] = {}
         self.last_step = -1  # with gradient accumulation several batches end on the same step
+        self.total = 0.0  # optimiser steps in the run, read from the Trainer when training starts
 
     def _floats(self, pl_module) -> dict[str, Tensor]:
         return {k: v for k, v in pl_module.net.state_dict().items() if v.is_floating_point()}
@@ -46,7 +47,8 @@ class Lookahead(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # Here rather than on_fit_start: data-dependent initialisation (AirbenchNet's whitening)
         # runs in the module's on_fit_start, and a resumed run has loaded its slow weights by now.
-        if trainer.estimated_stepping_batches == float("inf"):
+        self.total = trainer.estimated_stepping_batches
+        if self.total == float("inf"):
             raise UsageError("Lookahead needs the run's length: set --trainer.max_epochs or --trainer.max_steps")
         current = self._floats(pl_module)
         if self.slow.keys() != current.keys():
@@ -66,7 +68,7 @@ class Lookahead(L.Callback):
             weight.copy_(slow)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        step, total = trainer.global_step, self.total
         if step == self.last_step:
             return
         self.last_step = step
