@@ -6,6 +6,9 @@ import time
 
 import lightning as L
 import torch
+
+# Lightning's own sampler for evaluation without padding (what its predict loop uses). Not in its
+# documented API; tests/test_architecture.py fails if it moves or starts padding.
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor

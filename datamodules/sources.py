@@ -17,16 +17,15 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from lightning_modules.atomic_files import atomic_write
-
-from .augment import resize
+from datamodules.atomic_files import atomic_write
+from datamodules.augment import resize
+from datamodules.image_reader import SUFFIXES, ImageFileError, read_image
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -42,9 +41,13 @@ CIFAR10_CLASSES = (
 )
 OFFICIAL_FOLDER = "cifar-10-batches-py"
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-# Bump when the cache layout or decoding changes, so old caches are not trusted.
-CACHE_FORMAT = 2  # 2: images of another size are shrunk by augment.resize, not torchvision's uint8 kernel
+# Bump when the cache layout or decoding changes, so old caches are rebuilt, not misread.
+# 3: decoded by the one image reader (image_reader.py), the same as predict and serve; val/test
+# stored in a seeded shuffled order.
+CACHE_FORMAT = 3
+# Seed of the order val/ and test/ folders are stored in: shuffled, so any prefix
+# (--trainer.limit_val_batches) samples every class, and fixed, so every run sees the same order.
+ORDER_SEED = 0
 
 
 class DataError(Exception):
@@ -210,13 +213,17 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, in
         for label, name in enumerate(classes):
             with os.scandir(split_dir / name) as it:
                 for e in it:
-                    if e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    if e.name.startswith(".") or Path(e.name).suffix.lower() not in SUFFIXES:
                         continue
-                    st = e.stat()
-                    entries.append((f"{split}/{name}/{e.name}", label, st.st_size, st.st_mtime_ns))
+                    try:
+                        st = e.stat()
+                        size, mtime = st.st_size, st.st_mtime_ns
+                    except OSError:  # a dangling symlink or a loop: the reader names it when decoding
+                        size, mtime = -1, -1
+                    entries.append((f"{split}/{name}/{e.name}", label, size, mtime))
         entries.sort()
         if not entries:
-            raise DataError(f"no images in {split_dir}: expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
+            raise DataError(f"no images in {split_dir}: expected files ending in {', '.join(sorted(SUFFIXES))}")
         files[split] = entries
     return classes, files
 
@@ -259,27 +266,28 @@ def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_im
     start = time.perf_counter()
     blob: dict = {"classes": classes, "skipped": []}
     done = 0
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work and are
-        # the fastest on small files. _read_image falls back to Pillow where they fail.
-        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
-        for split, entries in files.items():
-            images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
-            keep = torch.ones(len(entries), dtype=torch.bool)
-            for i, (rel, _, _, _) in enumerate(entries):
-                try:
-                    images[i] = _read_image(root / rel, image_size)
-                except DataError:
-                    if not skip_bad_images:
-                        raise
-                    keep[i] = False
-                    blob["skipped"].append(rel)
-                done += 1
-                if done % 10000 == 0:
-                    log(f"  decoded {done:,}/{n:,} images")
-            labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
-            blob[f"{split}_images"] = images[keep] if not keep.all() else images
-            blob[f"{split}_labels"] = labels[keep]
+    for split, entries in files.items():
+        if split != "train":
+            order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(ORDER_SEED)).tolist()
+            entries = [entries[i] for i in order]
+        images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
+        keep = torch.ones(len(entries), dtype=torch.bool)
+        for i, (rel, _, _, _) in enumerate(entries):
+            try:
+                images[i] = read_image(root / rel, image_size)
+            except ImageFileError as err:
+                if not skip_bad_images:
+                    raise DataError(
+                        f"cannot decode image {err}; fix or remove it, or pass --data.skip_bad_images true"
+                    ) from None
+                keep[i] = False
+                blob["skipped"].append(rel)
+            done += 1
+            if done % 10000 == 0:
+                log(f"  decoded {done:,}/{n:,} images")
+        labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+        blob[f"{split}_images"] = images[keep] if not keep.all() else images
+        blob[f"{split}_labels"] = labels[keep]
     log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
     return blob
 
@@ -305,39 +313,12 @@ def _from_blob(blob: dict) -> SourceData:
     return SourceData(list(blob["classes"]), split("train"), split("val"), split("test"), "folder")
 
 
-def _read_image(path: Path, image_size: int) -> Tensor:
-    """Decode one file to (3, image_size, image_size) uint8, or raise DataError naming it."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-    except OSError as err:
-        raise DataError(f"cannot read image {path}: {err.strerror}") from None
-    try:
-        # torchvision's native decoders are ~3x faster than Pillow on small JPEG/PNG files.
-        image = decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        image = _read_with_pillow(path)  # formats torchvision does not decode (BMP, TIFF, ...)
-    return resize(image[None], image_size)[0]
-
-
-def _read_with_pillow(path: Path) -> Tensor:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise DataError(
-            f"cannot decode image {path} ({err}); fix or remove the file, or pass --data.skip_bad_images true"
-        ) from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-
-
 def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random (train, val) partition of range(n); the same seed gives the same split."""
+    """A seeded random (train, val) partition of range(n); the same seed gives the same split.
+
+    Train indices are sorted (the loader shuffles them anyway); validation keeps its random order,
+    so any prefix of it is a fair sample."""
     if not 0 < val_size < n:
         raise DataError(f"val_size must be between 1 and {n - 1} for {n:,} training images; got {val_size}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[val_size:].sort().values, order[:val_size].sort().values
+    return order[val_size:].sort().values, order[:val_size]

@@ -1,7 +1,8 @@
-"""The LightningModule and the networks it can hold.
+"""The model side of the project: ImageClassifier (the LightningModule) and its networks (nets/),
+schedules, callbacks/, inference/ (plain torch: using a trained model) and cli/ (command lines).
 
-ImageClassifier is imported lazily: prediction imports ``lightning_modules.checkpoints`` and
-``lightning_modules.inference``, and must not pay for importing Lightning and torchmetrics.
+ImageClassifier is imported lazily: prediction imports ``lightning_modules.inference`` and must
+not pay for importing Lightning and torchmetrics.
 """
 
 __all__ = ["ImageClassifier"]

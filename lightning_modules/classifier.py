@@ -2,7 +2,8 @@
 
 The module owns its input contract: ``forward`` takes uint8 images and normalises them with
 mean/std buffers kept in the state_dict, and the class names and input size are
-hyper-parameters. A checkpoint alone is therefore enough to predict, serve or export.
+hyper-parameters, and so is the test-time augmentation. A checkpoint alone is therefore enough
+to predict, evaluate, serve or export, with the accuracy its test reported.
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from datamodules.sources import CIFAR10_CLASSES
-from lightning_modules.inference import normalize_uint8
+from lightning_modules.inference.model import TTA_MODES, normalize_uint8, tta_logits
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
@@ -36,7 +31,8 @@ STAGES = ("train", "val", "test")
 
 
 def stage_metrics(num_classes: int) -> MetricCollection:
-    """All metrics of one stage. Scalars are logged; the per-class vector and the confusion matrix are kept."""
+    """All logged metrics of one stage. Figures and reports build their own confusion matrices from
+    the step outputs (callbacks), so the module keeps nothing for them."""
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -44,10 +40,6 @@ def stage_metrics(num_classes: int) -> MetricCollection:
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
             "acc_per_class": MulticlassAccuracy(num_classes, average=None),
-            "precision_per_class": MulticlassPrecision(num_classes, average=None),
-            "recall_per_class": MulticlassRecall(num_classes, average=None),
-            "f1_per_class": MulticlassF1Score(num_classes, average=None),
-            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
         }
     )
 
@@ -82,9 +74,10 @@ class ImageClassifier(L.LightningModule):
             ``--optimizer`` in the CLI. None: SGD with lr 0.01, the tutorial's choice.
         lr_scheduler: the same for a learning-rate scheduler (``--lr_scheduler``); None: constant lr.
         lr_scheduler_interval: step the scheduler every "epoch" or every "step" (batch).
-        tta: test-time augmentation in validation and test (never in training): "mirror" averages
-            the logits of each image and its mirror image; "mirror_translate" also averages
-            those of both shifted by one pixel up-left and down-right (edges repeated).
+        tta: test-time augmentation in validation and test (never in training), and by default in
+            predict, serve and export, which read it from the checkpoint: "mirror" averages the
+            logits of each image and its mirror image; "mirror_translate" also averages those of
+            both shifted by one pixel up-left and down-right (edges repeated).
         bias_lr_scale: learning-rate multiplier for the per-channel parameters (those with one
             dimension: biases and normalisation scales), which shift and scale features rather than
             mix them. Airbench trains its BatchNorm and whitening biases 64x faster than the weights.
@@ -120,15 +113,19 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"--model.bias_lr_scale must be >= 0, got {bias_lr_scale}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}")
+        if tta not in TTA_MODES:
+            raise ValueError(f"--model.tta {tta!r}: use one of {', '.join(TTA_MODES)}")
         with warnings.catch_warnings():
             # Lightning warns about the nn.Module argument; it is replaced by a plain description below.
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        if isinstance(self.hparams.get("net"), nn.Module):
-            # Built in Python rather than by the CLI: record the net as plain data, never as a pickled object.
-            self.hparams["net"] = describe_net(net)
-        self.hparams["class_names"] = [str(c) for c in class_names]
-        self._hparams_initial = copy.deepcopy(self._hparams)
+        if isinstance(self.hparams.get("net"), nn.Module) or not isinstance(self.hparams["class_names"], list):
+            # Built in Python rather than by the CLI: record the net as plain data, never as a pickled
+            # object, so checkpoints load with weights_only=True. Saving again replaces what was saved.
+            plain = {**self.hparams, "class_names": [str(c) for c in class_names]}
+            if isinstance(plain["net"], nn.Module):
+                plain["net"] = describe_net(net)
+            self.save_hyperparameters(plain)
         self.net = net
         self.class_names = list(self.hparams["class_names"])
         self.num_classes = len(self.class_names)
@@ -143,12 +140,6 @@ class ImageClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
-        # Latest results per stage, for figures and the run report: the confusion matrix (rows: true
-        # class, columns: predicted), per-class metrics, and a few misclassified images.
-        self.confusion_matrices: dict[str, Tensor] = {}
-        self.per_class: dict[str, dict[str, list[float]]] = {}
-        self.misclassified: dict[str, tuple[Tensor, list[int], list[int]]] = {}
-        self.max_misclassified = 32
         # Lets Lightning print input/output sizes and TensorBoard draw the graph.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
@@ -168,7 +159,7 @@ class ImageClassifier(L.LightningModule):
     def shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, predicted labels, true labels) for one batch; the same for every stage."""
         images, targets = batch
-        logits = self(images) if self.training or self.hparams.tta == "none" else self.tta_logits(images)
+        logits = self(images) if self.training else tta_logits(self, images, self.hparams.tta)
         if logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"the network outputs {logits.shape[-1]} classes but there are {self.num_classes} class names; "
@@ -176,16 +167,6 @@ class ImageClassifier(L.LightningModule):
             )
         loss = self.criterion(logits, targets)
         return loss, logits.argmax(dim=-1), targets
-
-    def tta_logits(self, images: Tensor) -> Tensor:
-        """Mean logits over the views that ``tta`` names (see the constructor)."""
-        views = [images, images.flip(-1)]
-        if self.hparams.tta == "mirror_translate":
-            padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
-            h, w = images.shape[-2:]
-            shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-            views += shifted + [v.flip(-1) for v in shifted]
-        return torch.stack([self(v) for v in views]).mean(dim=0)
 
     def _metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -196,52 +177,24 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("val", batch)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("test", batch)
 
-    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         loss, preds, targets = self.shared_step(batch)
         self._metrics(stage).update(preds, targets)
         getattr(self, f"{stage}_loss").update(loss, weight=len(targets))
-        self._keep_misclassified(stage, batch[0], preds, targets)
-
-    def _keep_misclassified(self, stage: str, images: Tensor, preds: Tensor, targets: Tensor) -> None:
-        kept, true, predicted = self.misclassified.get(stage, (images[:0].cpu(), [], []))
-        room = self.max_misclassified - len(true)
-        if room <= 0:
-            return
-        # At most an equal share per true class, so the grid is not all from the first classes seen.
-        quota = -(-self.max_misclassified // self.num_classes)
-        counts = [true.count(c) for c in range(self.num_classes)]
-        picked = []
-        for i in (preds != targets).nonzero().flatten().tolist():
-            if len(picked) < room and counts[int(targets[i])] < quota:
-                counts[int(targets[i])] += 1
-                picked.append(i)
-        wrong = torch.tensor(picked, dtype=torch.long, device=images.device)
-        if len(wrong):
-            kept = torch.cat([kept, images[wrong].cpu()])
-            true, predicted = true + targets[wrong].tolist(), predicted + preds[wrong].tolist()
-        self.misclassified[stage] = (kept, true, predicted)
-
-    def on_validation_epoch_start(self) -> None:
-        self.misclassified.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self.misclassified.pop("test", None)
+        # For callbacks (figures, report): they build what they need from these, batch by batch.
+        return {"images": batch[0], "preds": preds, "targets": targets}
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         metrics = self._metrics(stage)
         values = metrics.compute()  # torchmetrics syncs across processes itself
         metrics.reset()
         per_class = values.pop("acc_per_class")
-        self.per_class[stage] = {"acc": per_class.tolist()}
-        for name in ("precision", "recall", "f1"):
-            self.per_class[stage][name] = values.pop(f"{name}_per_class").tolist()
-        self.confusion_matrices[stage] = values.pop("confusion_matrix").cpu()
         logged = {f"{stage}/{name}": value for name, value in values.items()}
         if stage != "train":
             loss = getattr(self, f"{stage}_loss")

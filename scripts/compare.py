@@ -5,7 +5,7 @@ python scripts/compare.py runs/tutorial/version_0 runs/tutorial/version_1 --outp
 
 import sys
 
-from lightning_modules.compare import compare_main
+from lightning_modules.cli.compare import compare_main
 
 if __name__ == "__main__":
     sys.exit(compare_main())

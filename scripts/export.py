@@ -5,7 +5,7 @@ python scripts/export.py --ckpt_path runs/tutorial/version_0/checkpoints/last.ck
 
 import sys
 
-from lightning_modules.export import export_main
+from lightning_modules.cli.export import export_main
 
 if __name__ == "__main__":
     sys.exit(export_main())

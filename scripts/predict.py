@@ -6,7 +6,7 @@ python scripts/predict.py --ckpt_path tudui_9.pth cat.png --top_k 3 --output pre
 
 import sys
 
-from lightning_modules.predict import predict_main
+from lightning_modules.cli.predict import predict_main
 
 if __name__ == "__main__":
     sys.exit(predict_main())

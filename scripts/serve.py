@@ -7,7 +7,7 @@ curl -F file=@cat.png http://127.0.0.1:8000/predict
 
 import sys
 
-from lightning_modules.serve import serve_main
+from lightning_modules.cli.serve import serve_main
 
 if __name__ == "__main__":
     sys.exit(serve_main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -131,3 +132,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- one fit shared by the tests that only read a run -----------------------------------------
+
+
+def tta_run_args(work: Path) -> list[str]:
+    """The options of the shared run, so a test can resume it with the same configuration."""
+    return [
+        "--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache"),
+        "--data.val_size", "30", "--data.batch_size", "16", "--data.eval_batch_size", "7",
+        "--model.tta", "mirror_translate", "--optimizer.momentum", "0.9",
+        "--trainer.logger.init_args.save_dir", str(work / "runs"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+
+
+def noisy_folder(root, per_class: dict[str, int]) -> None:
+    """Images whose class shows only as a weak tint in strong noise: a tiny run gets some right, not all."""
+    rng = np.random.default_rng(1)
+    for split, n in per_class.items():
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3)).astype(np.int16)
+                pixels[..., label] += 40
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def tta_run(tmp_path_factory):
+    """One fit with mirror+translate TTA and a test split, shared by the tests that only read it."""
+    from lightning_modules.cli.fit import fit_main
+
+    work = tmp_path_factory.mktemp("tta_run")
+    noisy_folder(work / "data", {"train": 40, "test": 30})
+    code = fit_main([*tta_run_args(work), "--trainer.max_epochs", "2"])
+    assert code == 0
+    run_dir = work / "runs" / "tutorial" / "version_0"
+    return work, run_dir, json.loads((run_dir / "report.json").read_text())

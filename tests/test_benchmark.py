@@ -11,7 +11,7 @@ from conftest import REPO, make_image_folder, run_script
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "bench" / "train_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,7 +31,7 @@ def test_tutorial_style_dataset_is_totensor_of_the_same_images():
 def test_benchmark_runs_and_writes_json(tmp_path):
     make_image_folder(tmp_path / "data", {"train": 60})
     result = run_script(
-        "benchmark.py", "--data_dir", "data", "--only", "throughput,overhead", "--steps", "2", "--warmup", "1",
+        "bench/train_speed.py", "--data_dir", "data", "--only", "throughput,overhead", "--steps", "2", "--warmup", "1",
         "--repeats", "1", "--val_size", "20", "--json", "out.json", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -41,9 +41,9 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert figures["throughput"]["tutorial_loop"]["vs_tutorial"] == 1.0
     assert figures["overhead"]["time_ratio_fit_vs_plain"] > 0
     assert "overhead: fit path / plain loop" in result.stdout
-    bad = run_script("benchmark.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
+    bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
     assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy" in bad.stderr
-    bad = run_script("benchmark.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
+    bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: val_size must be")
     assert "Traceback" not in bad.stderr
 

@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
 from lightning_modules import ImageClassifier
-from lightning_modules.checkpoints import CheckpointError, load_classifier
+from lightning_modules.inference.checkpoints import CheckpointError, load_classifier
 from lightning_modules.nets import Tudui
 
 
@@ -133,3 +134,47 @@ def test_state_dict_of_another_network_is_refused(tmp_path):
     torch.save({"fc.weight": torch.zeros(10, 5)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="does not match the tutorial network"):
         load_classifier(tmp_path / "other.pth")
+
+
+# --- checkpoints written before the layout of lightning_modules changed -----------------------
+
+# What fit.py recorded before callbacks moved to lightning_modules/callbacks/: the callback state key
+# of ModelCheckpointWithLast, which LastCheckpoint replaced, and no "tta" hyper-parameter.
+OLD_CALLBACK_KEY = (
+    "ModelCheckpointWithLast{'monitor': 'val/acc', 'mode': 'max', 'every_n_train_steps': 0, "
+    "'every_n_epochs': 1, 'train_time_interval': None}"
+)
+
+
+def as_written_before_the_move(source: Path, target: Path) -> Path:
+    checkpoint = torch.load(source, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["net"]["class_path"] == "lightning_modules.nets.Tudui"
+    hparams.pop("tta")
+    checkpoint["callbacks"] = {
+        (OLD_CALLBACK_KEY if key.startswith("ModelCheckpoint{") else key): value
+        for key, value in checkpoint["callbacks"].items()
+    }
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_checkpoints_from_before_the_move_still_predict_export_and_resume(tta_run, tmp_path):
+    from conftest import tta_run_args
+
+    from lightning_modules.cli.export import export_main
+    from lightning_modules.cli.fit import fit_main
+    from lightning_modules.inference.export import read_metadata
+
+    work, run_dir, _ = tta_run
+    old = as_written_before_the_move(run_dir / "checkpoints" / "last.ckpt", tmp_path / "old.ckpt")
+    model = load_classifier(old)
+    assert model.tta == "none" and model.class_names == ["cat", "dog", "ship"]
+    assert export_main(["--ckpt_path", str(old), "--format", "torchscript", "--output", str(tmp_path / "m.pt")]) == 0
+    assert read_metadata(tmp_path / "m.pt", "torchscript")["tta"] == "none"
+    resumed_dir = tmp_path / "resumed"
+    args = [*tta_run_args(work), "--trainer.logger.init_args.save_dir", str(resumed_dir), "--test", "false"]
+    assert fit_main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(old)]) == 0
+    (last,) = resumed_dir.glob("*/version_0/checkpoints/last.ckpt")
+    before, after = torch.load(old, weights_only=True), torch.load(last, weights_only=True)
+    assert after["epoch"] == before["epoch"] + 1 and after["global_step"] > before["global_step"]

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import ImageClassifier
+from lightning_modules.callbacks.confusion import ConfusionCounter, per_class_metrics
+from lightning_modules.inference.model import tta_logits
 from lightning_modules.nets import Tudui
 
 
@@ -76,7 +78,15 @@ def test_metrics_match_hand_computed_values():
     assert values["recall"].item() == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
     assert values["f1"].item() == pytest.approx((0.8 + 0.5 + 0) / 3)
     assert values["acc_per_class"].tolist() == pytest.approx([2 / 3, 1 / 2, 0])
-    assert values["confusion_matrix"].tolist() == [[2, 0, 1], [0, 1, 1], [0, 1, 0]]
+    # What the figures and the report compute for themselves from the step outputs agrees.
+    counter = ConfusionCounter()
+    counter.update(preds[:4], targets[:4], 3)
+    counter.update(preds[4:], targets[4:], 3)
+    assert counter.counts.tolist() == [[2, 0, 1], [0, 1, 1], [0, 1, 0]]
+    per_class = per_class_metrics(counter.counts)
+    assert per_class["precision"] == pytest.approx([1, 1 / 2, 0])
+    assert per_class["recall"] == pytest.approx([2 / 3, 1 / 2, 0])
+    assert per_class["f1"] == pytest.approx([0.8, 0.5, 0])
 
 
 def test_validation_logs_namespaced_metrics_and_best(tmp_path):
@@ -88,7 +98,11 @@ def test_validation_logs_namespaced_metrics_and_best(tmp_path):
     assert logged["val/loss"] == pytest.approx(hand_loss(0.0, 1.0), rel=1e-5)
     assert logged["val/acc_per_class/a"] == pytest.approx(2 / 3)
     assert logged["val/acc_best"] == pytest.approx(0.5)
-    assert model.confusion_matrices["val"].tolist() == [[2, 0, 1], [0, 1, 1], [0, 1, 0]]
+    # The step hands callbacks what they need; the module keeps nothing for them.
+    with torch.inference_mode():
+        outputs = model.validation_step(batch(), 0)
+    assert outputs["preds"].tolist() == [0, 1, 2, 0, 1, 2] and outputs["targets"].tolist() == [0, 1, 1, 0, 2, 0]
+    assert not any(hasattr(model, name) for name in ("confusion_matrices", "per_class", "misclassified"))
 
 
 def test_forward_takes_uint8_only():
@@ -171,18 +185,18 @@ def test_tta_mirror_equals_plain_logits_for_a_symmetric_model():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     plain = ImageClassifier(MirrorSymmetric(), class_names=["a", "b", "c"]).eval()
     mirrored = ImageClassifier(MirrorSymmetric(), class_names=["a", "b", "c"], tta="mirror").eval()
-    assert torch.allclose(mirrored.tta_logits(images), plain(images), atol=1e-5)
+    assert torch.allclose(tta_logits(mirrored, images, "mirror"), plain(images), atol=1e-5)
 
 
 def test_tta_averages_the_views_and_only_outside_training():
     model = make_model(tta="mirror").eval()
     images = batch()[0]
     expected = (model(images) + model(images.flip(-1))) / 2
-    assert torch.allclose(model.tta_logits(images), expected)
+    assert torch.allclose(tta_logits(model, images, "mirror"), expected)
     _, preds, _ = model.shared_step(batch())
     assert torch.equal(preds, expected.argmax(-1))
     model.train()
     _, preds, _ = model.shared_step(batch())
     assert torch.equal(preds, model(images).argmax(-1))  # training sees the plain view
     shifted = make_model(tta="mirror_translate").eval()
-    assert shifted.tta_logits(images).shape == (len(images), 3)
+    assert tta_logits(shifted, images, "mirror_translate").shape == (len(images), 3)

@@ -11,9 +11,10 @@ import torch
 from conftest import class_image
 from PIL import Image
 
-from lightning_modules import export as export_module
-from lightning_modules.checkpoints import load_classifier
-from lightning_modules.export import export_main, read_metadata, run_exported
+from lightning_modules.cli.export import export_main
+from lightning_modules.inference import export as export_module
+from lightning_modules.inference.checkpoints import load_classifier
+from lightning_modules.inference.export import read_metadata, run_exported
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from conftest import make_image_folder
 from torch import nn
 
-from lightning_modules.lookahead import Lookahead
+from lightning_modules.callbacks import Lookahead
 
 
 def module() -> SimpleNamespace:
@@ -93,7 +93,7 @@ def test_bad_arguments_name_the_fix(kwargs, message):
 
 
 def test_fit_ends_on_the_slow_weights_and_saves_them(tmp_path, monkeypatch):
-    from lightning_modules.cli import ClassifierCLI
+    from lightning_modules.cli.fit import ClassifierCLI
 
     make_image_folder(tmp_path / "data", {"train": 6})
     monkeypatch.chdir(tmp_path)
@@ -103,7 +103,7 @@ def test_fit_ends_on_the_slow_weights_and_saves_them(tmp_path, monkeypatch):
         args=[
             "--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "3", "--trainer.max_epochs", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--test", "false",
-            "--trainer.callbacks+=lightning_modules.lookahead.Lookahead", "--trainer.callbacks.every", "2",
+            "--trainer.callbacks+=lightning_modules.callbacks.Lookahead", "--trainer.callbacks.every", "2",
         ]
     )  # fmt: skip
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

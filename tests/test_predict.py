@@ -9,7 +9,7 @@ import pytest
 from conftest import class_image, png_with_header_only, run_script
 from PIL import Image
 
-from lightning_modules.predict import predict_main
+from lightning_modules.cli.predict import predict_main
 
 
 @pytest.fixture

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
 from conftest import REPO, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_modules.cli.fit import fit_main
+
 RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 
 
+def recipe_configs(recipe: str) -> list[str]:
+    """``--config`` arguments for a recipe: an override file (``# extends: base.yaml``) comes after its base."""
+    path = REPO / "configs" / recipe
+    base = re.search(r"^# extends: (\S+)", path.read_text(), re.MULTILINE)
+    files = ([REPO / "configs" / base.group(1)] if base else []) + [path]
+    return [arg for f in files for arg in ("--config", str(f))]
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_parses(recipe, tmp_path):
-    make_image_folder(tmp_path / "data", {"train": 2})
-    result = run_script(
-        "fit.py", "--config", str(REPO / "configs" / recipe), "--data.data_dir", "data", "--print_config", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    config = yaml.safe_load(result.stdout)
-    assert config["model"]["net"]["class_path"].startswith("lightning_modules.nets.")
-    assert config["trainer"]["max_epochs"] >= 1
+def test_every_recipe_builds_and_takes_two_cpu_steps(recipe, tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 6})
+    code = fit_main([
+        *recipe_configs(recipe), "--data.data_dir", str(tmp_path / "data"), "--data.cache_dir", str(tmp_path / "c"),
+        "--data.val_size", "6", "--data.batch_size", "4", "--data.eval_batch_size", "6",
+        "--trainer.max_epochs", "1", "--trainer.max_steps", "2", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.accelerator", "cpu", "--model.compile", "false", "--test", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ])  # fmt: skip
+    assert code == 0
+    (last,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["hyper_parameters"]["net"]["class_path"].startswith("lightning_modules.nets.")
+
+
+def test_an_override_recipe_keeps_its_base():
+    config = yaml.safe_load((REPO / "configs" / "fast_cpu_long.yaml").read_text())
+    assert recipe_configs("fast_cpu_long.yaml")[1].endswith("fast_cpu.yaml")
+    assert "net" not in config.get("model", {})  # the network, optimiser and data come from fast_cpu.yaml
 
 
 @pytest.mark.slow

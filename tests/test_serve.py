@@ -17,7 +17,7 @@ import requests
 from conftest import REPO, class_image, free_port, save_checkpoint
 from PIL import Image
 
-from lightning_modules.predict import predict_main
+from lightning_modules.cli.predict import predict_main
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 20_000

@@ -70,7 +70,7 @@ def test_cache_is_reused(tmp_path, cache_dir, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded an image although the cache is valid")
 
-    monkeypatch.setattr(sources, "_read_image", no_decoding)
+    monkeypatch.setattr(sources, "read_image", no_decoding)
     again = sources.load(root, cache_dir=cache_dir, log=lambda m: None)
     assert torch.equal(first.train.images, again.train.images)
     assert torch.equal(first.train.labels, again.train.labels)

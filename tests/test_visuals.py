@@ -18,8 +18,8 @@ from conftest import free_port, make_image_folder, run_script
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_modules import figures, progress
-from lightning_modules.compare import compare_main
+from lightning_modules.callbacks import figures, progress
+from lightning_modules.cli.compare import compare_main
 
 NAMES = ["cat", "dog", "ship"]
 

@@ -1,7 +1,7 @@
 """Networks an ImageClassifier can hold. Each keeps its constructor arguments as attributes of
 the same name, so a plain description (class path + arguments) of it can be saved in checkpoints.
 
-NETS is also the allowlist of what a checkpoint may ask to build (lightning_modules.checkpoints).
+NETS is also the allowlist of what a checkpoint may ask to build (lightning_modules.inference.checkpoints).
 """
 
 from lightning_modules.nets.airbench import AirbenchNet

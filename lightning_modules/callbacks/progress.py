@@ -12,7 +12,7 @@ def progress_bar_class_path() -> str:
     """Rich's bar for an interactive terminal; plain lines for CI logs and files (no control characters)."""
     if sys.stdout.isatty() and sys.stderr.isatty():
         return "lightning.pytorch.callbacks.RichProgressBar"
-    return "lightning_modules.progress.LineProgress"
+    return "lightning_modules.callbacks.LineProgress"
 
 
 class LineProgress(ProgressBar):

@@ -12,29 +12,27 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import NoReturn
 
 import torch
-import yaml
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from datamodules import CIFAR10DataModule, DataError
+from datamodules import CIFAR10DataModule
 from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
+from lightning_modules.callbacks import LastCheckpoint, RunReport
+from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
-from lightning_modules.errors import UsageError
-from lightning_modules.last_checkpoint import ModelCheckpointWithLast
+from lightning_modules.cli.frame import UsageError, expected_errors
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
-from lightning_modules.progress import progress_bar_class_path
-from lightning_modules.report import RunReport, per_class_table
 
 RUNS_DIR = "runs"
 # The tutorial recipe. configs/tutorial.yaml spells out the same values, with reasons.
@@ -50,18 +48,20 @@ DEFAULTS = {
     "trainer.enable_autolog_hparams": False,
     "trainer.callbacks": [
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-        {"class_path": "lightning_modules.throughput.ImagesPerSecond"},
-        {"class_path": "lightning_modules.tensorboard_figures.TensorBoardFigures"},
+        {"class_path": "lightning_modules.callbacks.ImagesPerSecond"},
+        {"class_path": "lightning_modules.callbacks.TensorBoardFigures"},
     ],
     "checkpoint.monitor": "val/acc",
     "checkpoint.mode": "max",
-    "checkpoint.save_last": True,
     # The metric name holds a "/", so Lightning must not insert it into the file name itself.
     "checkpoint.filename": "epoch={epoch:02d}-val_acc={val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
-    # Ctrl-C, SIGTERM or a crash mid-training saves the current state before the process ends.
-    "checkpoint.save_on_exception": True,
+    # last.ckpt (every epoch, and on Ctrl-C, SIGTERM or a crash) is LastCheckpoint's job.
+    "checkpoint.save_last": False,
+    "checkpoint.save_on_exception": False,
 }
+# One line, exit 2: the project's errors, and Lightning's own configuration errors.
+USAGE_ERRORS = (*expected_errors(), MisconfigurationException)
 
 
 class CompactErrorParser(LightningArgumentParser):
@@ -116,8 +116,9 @@ class ClassifierCLI(LightningCLI):
         )
         parser.add_argument("--test", type=bool, default=True, help="Test the best checkpoint after fitting.")
         # Always present (not in trainer.callbacks, which a config file replaces as a whole): testing
-        # "the best checkpoint" needs it.
-        parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")
+        # "the best checkpoint" needs the first, resuming with --ckpt_path last the second.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RunReport, "report")
         parser.add_optimizer_args((torch.optim.Optimizer,), link_to="model.optimizer")
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.lr_scheduler")
@@ -165,68 +166,43 @@ class ClassifierCLI(LightningCLI):
         return str(last)
 
 
-def fit_main(args: list[str] | None = None) -> None:
+def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: fit, then test the best checkpoint, as the tutorial did."""
     try:
-        cli = ClassifierCLI(args=args)
-        trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        if cli.config.ckpt_path:
-            check_checkpoint(cli.config.ckpt_path)
-        try:
-            trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
-        except (KeyboardInterrupt, SystemExit, SIGTERMException):
-            # Lightning has already saved the state (checkpoint.save_on_exception) and, for Ctrl-C,
-            # turned the KeyboardInterrupt into SystemExit(1).
-            if trainer.state.status != TrainerStatus.INTERRUPTED:
-                raise
-            report_interruption(trainer)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if cli.config.test:
-            if data.has_test_split:
-                trainer.test(model, datamodule=data, ckpt_path=best or None)
-            else:
-                rank_zero_info(
-                    f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
-                    "there (or use the official CIFAR-10 files) to evaluate."
-                )
-        log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
-        if trainer.is_global_zero:
-            score = trainer.checkpoint_callback.best_model_score if best else None
-            score = float(score) if score is not None else None
-            finish_report(cli, trainer, model, log_dir, best, score)
-            if best:
-                print(f"Best checkpoint: {best} (val/acc {score:.4f})")
-            print(f"Run directory: {log_dir}")
-    except (DataError, UsageError) as err:
+        return fit(args)
+    except USAGE_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
 
 
-def finish_report(cli: ClassifierCLI, trainer: Trainer, model, log_dir: str | None, best: str, score) -> None:
-    """report.json/report.md in the run directory, final metrics in the HPARAMS tab, per-class table."""
-    report = next((c for c in trainer.callbacks if isinstance(c, RunReport)), None)
-    if report is None or not report.enabled or log_dir is None:
-        return
-    config = yaml.safe_load(cli.parser.dump(cli.config, skip_link_targets=False))
-    summary = report.write(log_dir, config, best, score)
-    final = {"hp/best_val_acc": score or 0.0}
-    if summary["test"]:
-        final["hp/test_acc"] = summary["test"].get("test/acc", 0.0)
-        print(per_class_table(summary["test"]["per_class"]))
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(model.hparams, final)
-            if logger._log_graph:  # Lightning draws the graph with its hparams autolog, which is off
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # tracing warnings about shape checks in the net
-                    try:
-                        logger.log_graph(model.cpu(), model.example_input_array)
-                    except RuntimeError as err:  # e.g. torch.jit cannot trace a compiled network
-                        print(f"TensorBoard graph not drawn: {str(err).splitlines()[0][:160]}")
-            # Lightning closed the writer after testing; these late events go to a new one, which
-            # must be flushed now or they can be lost when the process exits.
-            logger.experiment.flush()
-    print(f"Report: {Path(log_dir) / 'report.md'}")
+def fit(args: list[str] | None = None) -> int:
+    cli = ClassifierCLI(args=args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if cli.config.ckpt_path:
+        check_checkpoint(cli.config.ckpt_path)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        # Lightning has already saved the state (LastCheckpoint saves on exceptions) and, for Ctrl-C,
+        # turned the KeyboardInterrupt into SystemExit(1).
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        report_interruption(trainer)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cli.config.test:
+        if data.has_test_split:
+            trainer.test(model, datamodule=data, ckpt_path=best or None)
+        else:
+            rank_zero_info(
+                f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
+                "there (or use the official CIFAR-10 files) to evaluate."
+            )
+    log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
+    if trainer.is_global_zero:
+        if best:
+            print(f"Best checkpoint: {best} (val/acc {float(trainer.checkpoint_callback.best_model_score):.4f})")
+        print(f"Run directory: {log_dir}")
+    return 0
 
 
 def check_checkpoint(path: str) -> None:
@@ -235,18 +211,28 @@ def check_checkpoint(path: str) -> None:
     if not file.is_file():
         raise UsageError(f"--ckpt_path {path}: no such file; pass a .ckpt from runs/*/version_*/checkpoints or 'last'")
     try:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
+        if "weights_only" in str(err) or "GLOBAL" in str(err):
+            raise UsageError(
+                f"--ckpt_path {path} is not a Lightning checkpoint of this project (a pickled model such as the "
+                "tutorial's?); predict, evaluate or export it with scripts/predict.py --ckpt_path, or start fresh"
+            ) from None
         reason = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else type(err).__name__
         raise UsageError(
             f"--ckpt_path {path} is damaged or truncated ({reason}); resume from another checkpoint of that run "
             "or start fresh without --ckpt_path"
         ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise UsageError(
+            f"--ckpt_path {path} holds weights only, not a training state to resume (a tutorial .pth?); use it with "
+            "scripts/predict.py --ckpt_path, or start fresh without --ckpt_path"
+        )
 
 
 def report_interruption(trainer: Trainer) -> NoReturn:
-    callback = trainer.checkpoint_callback
-    saved = callback.last_model_path if callback and callback.last_model_path else None
+    last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+    saved = last.best_model_path if last is not None and last.best_model_path else None
     if trainer.is_global_zero:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv] if a)
         where = f"saved {saved}" if saved else "nothing new to save"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
-
-from lightning_modules.errors import UsageError
 
 
 class Lookahead(L.Callback):
@@ -49,7 +48,9 @@ class Lookahead(L.Callback):
         # runs in the module's on_fit_start, and a resumed run has loaded its slow weights by now.
         self.total = trainer.estimated_stepping_batches
         if self.total == float("inf"):
-            raise UsageError("Lookahead needs the run's length: set --trainer.max_epochs or --trainer.max_steps")
+            raise MisconfigurationException(
+                "Lookahead needs the run's length: set --trainer.max_epochs or --trainer.max_steps"
+            )
         current = self._floats(pl_module)
         if self.slow.keys() != current.keys():
             self.slow = {k: v.detach().clone() for k, v in current.items()}

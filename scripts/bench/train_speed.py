@@ -43,10 +43,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.cli import ClassifierCLI  # noqa: E402
+from lightning_modules.cli.fit import ClassifierCLI  # noqa: E402
 from lightning_modules.nets import Tudui  # noqa: E402
 
 

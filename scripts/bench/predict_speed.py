@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 
 # The tutorial's model.py and test.py, as a beginner has them (the weights are loaded as a

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from datamodules.atomic_files import atomic_write
+from lightning_modules.cli.frame import UsageError, one_line_errors
 
 
 def load_run(run_dir: Path) -> dict:
     path = run_dir / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no report.json (runs write it when scripts/fit.py finishes)")
+        raise UsageError(f"{run_dir}: no report.json (runs write it when scripts/fit.py finishes)")
     try:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FileNotFoundError(f"{path}: not a readable report ({err})") from None
+        raise UsageError(f"{path}: not a readable report ({err})") from None
     config = report.get("config") or {}
     net = (((config.get("model") or {}).get("net")) or {}).get("class_path", "?").rsplit(".", 1)[-1]
     logger = ((config.get("trainer") or {}).get("logger") or {}).get("init_args") or {}
@@ -64,18 +66,14 @@ def curves_figure(runs: list[dict]):
     return fig
 
 
+@one_line_errors
 def compare_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compare.py", description="Compare training runs side by side.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="e.g. runs/tutorial/version_0")
     parser.add_argument("--output", default="compare.png", help="PNG of validation accuracy against wall time")
     args = parser.parse_args(argv)
-    try:
-        runs = [load_run(Path(d)) for d in args.run_dirs]
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    runs = [load_run(Path(d)) for d in args.run_dirs]
     print(table(runs))
-    from lightning_modules.atomic_files import atomic_write
 
     fig = curves_figure(runs)
     atomic_write(Path(args.output), lambda f: fig.savefig(f, format="png", dpi=110))

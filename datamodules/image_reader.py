@@ -1,28 +1,36 @@
-"""Turn any image file a person may pass into a uint8 (3, size, size) tensor, or a one-line error.
+"""The one image reader: every image the project reads becomes a uint8 (3, size, size) tensor here.
 
-Used for prediction (and serving): the inputs are untrusted, so only an allowlist of common
-formats is decoded, decompression bombs are refused before decoding, and every failure is an
-ImageFileError naming the file rather than a traceback.
+Training folders, ``predict.py``, ``serve.py`` and export's parity images all come through
+``read_image``, so a model sees the same pixels when it is trained, tested and used. Inputs may
+be untrusted: only an allowlist of formats is decoded, decompression bombs are refused before
+any pixel is allocated, and every failure is an ImageFileError naming the file, never a
+traceback or a crashed process (Pillow, not torchvision's native decoders, which can take the
+process down on a damaged PNG).
 
 Conversions, so that the model sees what a person sees:
 - EXIF orientation is applied (phone photos are stored sideways);
+- animated images (GIF, WebP, APNG) give their first frame;
 - transparency (RGBA, LA, P with a transparent colour) is composited onto a white background,
   as an image viewer on a light page shows it;
 - CMYK and grayscale become RGB; 16-bit and 32-bit images are scaled to 8 bits, not clipped;
-- the result is resized to ``size`` x ``size`` with Pillow's bilinear filter (antialiased), like
-  the tutorial's ``Resize((32, 32))``.
+- the result is resized to ``size`` x ``size`` by ``augment.resize`` (bilinear, antialiased), the
+  resize progressive resizing uses too.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from datamodules.augment import resize
 
 # Pillow format names that are decoded; everything else is refused unread.
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -37,27 +45,14 @@ class ImageFileError(Exception):
 
 
 def read_image(source: str | os.PathLike | bytes, size: int, name: str | None = None) -> torch.Tensor:
-    """Decode a file path or raw bytes into a (3, size, size) uint8 tensor."""
+    """Decode a file path or raw bytes into a (3, size, size) uint8 tensor, or raise ImageFileError."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes):
         if not source:
             raise ImageFileError(f"{label}: empty input (0 bytes)")
         stream = io.BytesIO(source)
     else:
-        # Open first and interpret the failure: one system call instead of exists/is_dir/stat checks.
-        try:
-            stream = open(source, "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            raise ImageFileError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise ImageFileError(f"{label}: is a folder") from None
-        except PermissionError:
-            raise ImageFileError(f"{label}: permission denied") from None
-        except OSError as err:
-            raise ImageFileError(f"{label}: cannot open ({err.strerror})") from None
-        if os.fstat(stream.fileno()).st_size == 0:
-            stream.close()
-            raise ImageFileError(f"{label}: empty file (0 bytes)")
+        stream = _open_regular_file(source, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -66,26 +61,49 @@ def read_image(source: str | os.PathLike | bytes, size: int, name: str | None = 
                     raise ImageFileError(
                         f"{label}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel limit"
                     )
-                im.load()
+                im.load()  # the first frame of an animation
                 # Orientation lives in EXIF (JPEG, PNG, WebP: info["exif"] once loaded) or TIFF tags;
                 # skipping the EXIF parse for files without it saves ~10% per small image.
                 if "exif" in im.info or im.format == "TIFF":
                     im = ImageOps.exif_transpose(im)
-                rgb = to_rgb(im)
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR) if rgb.size != (size, size) else rgb
-                array = np.asarray(rgb, dtype=np.uint8)
+                array = np.asarray(to_rgb(im), dtype=np.uint8)
     except ImageFileError:
         raise
     except UnidentifiedImageError:
         raise ImageFileError(f"{label}: not an image in a supported format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageFileError(f"{label}: image dimensions are too large (decompression bomb?)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageFileError(f"{label}: damaged or truncated image ({reason})") from None
     finally:
         stream.close()
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    image = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return resize(image[None], size)[0]
+
+
+def _open_regular_file(source: str | os.PathLike, label: str):
+    # Open first and interpret the failure: one system call instead of exists/is_dir/stat checks.
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below as not a file.
+    try:
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageFileError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageFileError(f"{label}: is a folder") from None
+    except PermissionError:
+        raise ImageFileError(f"{label}: permission denied") from None
+    except OSError as err:
+        raise ImageFileError(f"{label}: cannot open ({err.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "is a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe or device?)"
+        raise ImageFileError(f"{label}: {what}")
+    if st.st_size == 0:
+        os.close(fd)
+        raise ImageFileError(f"{label}: empty file (0 bytes)")
+    return os.fdopen(fd, "rb")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -8,7 +8,7 @@ import torch
 from conftest import png_with_header_only
 from PIL import Image
 
-from datamodules.image_files import ImageFileError, expand_inputs, read_image
+from datamodules.image_reader import ImageFileError, expand_inputs, read_image
 
 
 def error_of(path, size=32) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 
 

@@ -16,6 +16,7 @@ class path in the hyper-parameters, a truncated or empty file) raises Checkpoint
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from datamodules.sources import CIFAR10_CLASSES
-from lightning_modules.inference import InferenceClassifier
+from lightning_modules.inference.model import TTA_MODES, InferenceClassifier
 from lightning_modules.nets import NETS, Tudui
 
 # Where a tutorial user's pickled Tudui may claim to come from.
@@ -35,15 +36,30 @@ TUTORIAL_CLASS_NAMES = ("__main__.Tudui", "model.Tudui", "nn_module.Tudui", "tra
 TUTORIAL_LAYERS = [nn.Sequential, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Linear, set]
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 CLASSIFIER_PATHS = ("lightning_modules.classifier.ImageClassifier", "lightning_modules.ImageClassifier")
+# Ranges of hyper-parameters read from a file, checked before anything is allocated from them.
+MAX_IMAGE_SIZE = 1024
+MAX_CLASSES = 100_000
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded safely; the message says why and what to do."""
 
 
-def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> InferenceClassifier:
-    """An InferenceClassifier in eval mode, from any accepted file (see the module docstring)."""
-    path = Path(path)
+def load_classifier(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", tta: str | None = None
+) -> InferenceClassifier:
+    """An InferenceClassifier in eval mode on ``map_location``, from any accepted file (see the module
+    docstring), with the checkpoint's test-time augmentation unless ``tta`` overrides it."""
+    model = _load(Path(path))
+    if tta is not None:
+        if tta not in TTA_MODES:
+            raise CheckpointError(f"tta {tta!r}: use one of {', '.join(TTA_MODES)}")
+        model.tta = tta
+    _check_outputs(model, path)
+    return model.to_device(map_location).eval()
+
+
+def _load(path: Path) -> InferenceClassifier:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: pass the path of a .ckpt or .pth file")
     if path.stat().st_size == 0:
@@ -51,7 +67,8 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     allowed = TUTORIAL_LAYERS + [(Tudui, name) for name in TUTORIAL_CLASS_NAMES]
     try:
         with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            # On the CPU first: the file is checked there before anything moves to a device.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refused a global: the file wants to import or call something not allowlisted.
         first = str(err).strip().splitlines()
@@ -67,15 +84,15 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     if isinstance(obj, nn.Module):
         if not isinstance(obj, Tudui):
             raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a tutorial Tudui")
-        return _tutorial_classifier(obj.state_dict(), path, map_location)
+        return _tutorial_classifier(obj.state_dict(), path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
-        return _lightning_classifier(obj, path, map_location)
+        return _lightning_classifier(obj, path)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return _tutorial_classifier(obj, path, map_location)
+        return _tutorial_classifier(obj, path)
     raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a Tudui state_dict or model")
 
 
-def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path, map_location) -> InferenceClassifier:
+def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path) -> InferenceClassifier:
     num_classes = state["model.8.weight"].shape[0] if "model.8.weight" in state else 10
     net = Tudui(num_classes=num_classes)
     try:
@@ -87,10 +104,10 @@ def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path, map_loca
     model = InferenceClassifier(net, class_names=CIFAR10_CLASSES, image_size=32)
     # Such files know no class names; the caller says so to the user.
     model.class_names_assumed = True
-    return model.to(map_location).eval()
+    return model
 
 
-def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path, map_location) -> InferenceClassifier:
+def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> InferenceClassifier:
     hparams = dict(checkpoint["hyper_parameters"])
     instantiator = hparams.get("_instantiator")
     if instantiator not in (None, LIGHTNING_INSTANTIATOR):
@@ -105,19 +122,55 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path, map_locatio
     init_args = dict(net_spec.get("init_args") or {})
     if not all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in init_args.values()):
         raise CheckpointError(f"refused {path}: the network's arguments are not plain values")
+    class_names, image_size, mean, std, tta = _checked_contract(hparams, path)
     try:
-        model = InferenceClassifier(
-            net_class(**init_args),
-            class_names=hparams.get("class_names") or list(CIFAR10_CLASSES),
-            image_size=int(hparams.get("image_size", 32)),
-            mean=tuple(hparams.get("mean", (0.0, 0.0, 0.0))),
-            std=tuple(hparams.get("std", (1.0, 1.0, 1.0))),
-        )
+        model = InferenceClassifier(net_class(**init_args), class_names, image_size, mean, std, tta)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} does not match its own description: {str(err).splitlines()[0][:300]}") from None
     model.class_names_assumed = not hparams.get("class_names")
-    return model.to(map_location).eval()
+    return model
+
+
+def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str], int, tuple, tuple, str]:
+    """Class names, image size, mean, std and TTA from a file, range-checked before any use."""
+    names = hparams.get("class_names") or list(CIFAR10_CLASSES)
+    if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
+        raise CheckpointError(f"refused {path}: class_names must be a list of 1 to {MAX_CLASSES:,} names")
+    size = hparams.get("image_size", 32)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(f"refused {path}: image_size {size!r} is not an integer from 1 to {MAX_IMAGE_SIZE}")
+    mean, std = hparams.get("mean", (0.0, 0.0, 0.0)), hparams.get("std", (1.0, 1.0, 1.0))
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            raise CheckpointError(f"refused {path}: {name} must be 3 numbers, got {values!r}")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise CheckpointError(f"refused {path}: {name} {list(values)} holds a non-finite value")
+    if not all(v > 0 for v in std):
+        raise CheckpointError(f"refused {path}: std {list(std)} must be > 0 in every channel")
+    tta = hparams.get("tta", "none")
+    if tta not in TTA_MODES:
+        raise CheckpointError(f"refused {path}: tta {tta!r} is not one of {', '.join(TTA_MODES)}")
+    return [str(n) for n in names], size, tuple(mean), tuple(std), tta
+
+
+def _check_outputs(model: InferenceClassifier, path) -> None:
+    """One name per output and finite weights, or the file is refused (never a wrong answer later)."""
+    if not all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise CheckpointError(f"refused {path}: its weights hold NaN or infinite values (a diverged run?)")
+    probe = torch.zeros(1, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    try:
+        with torch.inference_mode():
+            outputs = model.eval().logits_one_view(probe).shape[-1]
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"refused {path}: its network does not run on {model.image_size}x{model.image_size} images "
+            f"({str(err).splitlines()[0][:200]})"
+        ) from None
+    if outputs != model.num_classes:
+        raise CheckpointError(
+            f"refused {path}: the network has {outputs} outputs but the file names {model.num_classes} classes"
+        )
 
 
 def _allowed_net(class_path: str, path: Path) -> type[nn.Module]:

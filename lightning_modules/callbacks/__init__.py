@@ -1,0 +1,11 @@
+"""The project's Lightning callbacks, one per module. Each is self-contained: it reads Lightning's
+hooks and the module's step outputs, never the module's private state."""
+
+from lightning_modules.callbacks.last_checkpoint import LastCheckpoint
+from lightning_modules.callbacks.lookahead import Lookahead
+from lightning_modules.callbacks.progress import LineProgress
+from lightning_modules.callbacks.report import RunReport
+from lightning_modules.callbacks.tensorboard_figures import TensorBoardFigures
+from lightning_modules.callbacks.throughput import ImagesPerSecond
+
+__all__ = ["ImagesPerSecond", "LastCheckpoint", "LineProgress", "Lookahead", "RunReport", "TensorBoardFigures"]

@@ -1,0 +1,36 @@
+"""LastCheckpoint: ``last.ckpt`` holds the state after the latest training epoch, always.
+
+Since Lightning 2.6, ``ModelCheckpoint(save_last=True)`` writes last.ckpt only when a top-k
+checkpoint is saved at the same step ("Only save last checkpoint if a checkpoint was actually
+saved in this step"). With ``save_top_k=1`` an epoch that does not improve ``val/acc`` then
+leaves last.ckpt at the best epoch, and ``--ckpt_path last`` would silently resume from there and
+retrain the epochs in between. This is a second ModelCheckpoint, configured through its public
+arguments only: no monitor, one file named ``last``, saved at the end of every training epoch
+(after that epoch's validation, if any), overwritten in place, and saved when the run is
+interrupted.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every training epoch, and on Ctrl-C, SIGTERM or a crash.
+
+    Args:
+        dirpath: where to write it; None: the run's ``checkpoints/`` folder, beside the best checkpoint.
+        every_n_epochs: epochs between saves (1: every epoch, what ``--ckpt_path last`` needs to lose nothing).
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=every_n_epochs,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+            save_on_exception=True,
+        )

@@ -1,0 +1,109 @@
+"""The command line of scripts/export.py: a checkpoint to ONNX or TorchScript, checked for parity.
+
+    python scripts/export.py --ckpt_path CKPT --format onnx|torchscript [--output FILE] [--images PATH ...]
+                             [--tta none|mirror|mirror_translate]
+
+The checkpoint's test-time augmentation is baked into the graph (``--tta`` overrides it) and
+recorded in the metadata. After exporting, the file is run (onnxruntime for ONNX) on images and
+compared with the checkpoint: max |logit difference| within a tolerance relative to the logits'
+scale, and the same top-1 everywhere. The file is written beside the output under a temporary
+name and only renamed into place when that check passes, so a failed export never leaves a file
+that looks usable; the checkpoint itself is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from datamodules.atomic_files import fsync_dir, make_readable
+from datamodules.image_reader import ImageFileError, expand_inputs, read_image
+from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.inference.export import FORMATS, export_onnx, export_torchscript, parity
+from lightning_modules.inference.model import TTA_MODES
+
+
+def check_images(paths: list[str], size: int, count: int = 64) -> tuple[torch.Tensor, str]:
+    """The images of the parity check: the given files through the one image reader, or random pixels."""
+    if paths:
+        images = []
+        for _, path, error in expand_inputs(paths):
+            if error is None:
+                with contextlib.suppress(ImageFileError):
+                    images.append(read_image(path, size))
+        if not images:
+            raise UsageError(f"none of {', '.join(paths)} is a readable image; pass --images with real image files")
+        return torch.stack(images), f"{len(images)} images from {', '.join(paths)}"
+    generator = torch.Generator().manual_seed(0)
+    return (
+        torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator),
+        f"{count} random images (pass --images for real ones)",
+    )
+
+
+def default_output(ckpt_path: str, fmt: str) -> Path:
+    """The checkpoint's name with the format's suffix, never the checkpoint itself (``model.pt`` ->
+    ``model.torchscript.pt``)."""
+    ckpt = Path(ckpt_path)
+    output = ckpt.with_suffix(FORMATS[fmt])
+    return ckpt.with_suffix(f".{fmt}{FORMATS[fmt]}") if output == ckpt else output
+
+
+def export(
+    ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None
+) -> tuple[float, float, int, str]:
+    """Export, check parity, and move the file into place only if it passed; returns the parity figures."""
+    from lightning_modules.inference.checkpoints import load_classifier
+
+    if output.resolve() == Path(ckpt_path).resolve():
+        raise UsageError(f"--output {output} is the checkpoint itself; choose another file name")
+    model = load_classifier(ckpt_path, map_location="cpu", tta=tta)
+    # Exported graphs run anywhere (onnxruntime, libtorch): keep the default memory layout.
+    model.channels_last = False
+    model.net.to(memory_format=torch.contiguous_format)
+    images, described = check_images(image_paths, model.image_size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        (export_onnx if fmt == "onnx" else export_torchscript)(model, images[:2], tmp)
+        diff, limit, mismatches = parity(model, tmp, fmt, images)
+        if diff <= limit and mismatches == 0:
+            make_readable(tmp)
+            os.replace(tmp, output)
+            fsync_dir(output.parent)
+        return diff, limit, mismatches, described
+    finally:
+        tmp.unlink(missing_ok=True)
+        # The ONNX exporter may write external weights beside the temporary file.
+        Path(f"{tmp}.data").unlink(missing_ok=True)
+
+
+@one_line_errors
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
+    parser.add_argument("--output", help="output file (default: the checkpoint's name with .onnx or .pt)")
+    parser.add_argument("--images", nargs="*", default=[], metavar="PATH", help="images for the parity check")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None, help="views baked in (default: the checkpoint's)")
+    args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
+    diff, limit, mismatches, described = export(args.ckpt_path, args.format, output, args.images, args.tta)
+    verdict = "passed" if diff <= limit and mismatches == 0 else "FAILED"
+    print(
+        f"parity {verdict} on {described}: max |logit difference| {diff:.2e} (limit {limit:.0e}), "
+        f"top-1 differs on {mismatches}"
+    )
+    if verdict == "FAILED":
+        print(f"error: not written: the exported model does not match {args.ckpt_path}", file=sys.stderr)
+        return 1
+    print(f"wrote {output} ({args.format}, uint8 input, dynamic batch)")
+    return 0

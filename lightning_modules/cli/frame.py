@@ -1,0 +1,62 @@
+"""What every command line shares: one-line errors with exit status 2, and the device choice.
+
+Exit statuses of every script: 0 done; 1 done in part (some inputs failed, said above); 2 a usage
+or input error, printed as one line ``error: ...`` that says how to fix it; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+import torch
+
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+class UsageError(Exception):
+    """A command-line, configuration or input mistake; the message says how to fix it."""
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The project's own error types: each carries a one-line message that names the fix."""
+    from datamodules.image_reader import ImageFileError
+    from datamodules.sources import DataError
+    from lightning_modules.inference.checkpoints import CheckpointError
+
+    return (UsageError, DataError, CheckpointError, ImageFileError)
+
+
+def one_line_errors(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a command's main: the project's errors become ``error: ...`` on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except expected_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def pick_device(accelerator: str) -> torch.device:
+    """``--trainer.accelerator`` as Lightning reads it: auto picks cuda, then mps, then cpu."""
+    if accelerator not in ACCELERATORS:
+        raise UsageError(f"--trainer.accelerator {accelerator}: use one of {', '.join(ACCELERATORS)}")
+    if accelerator in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--trainer.accelerator {accelerator}: no CUDA GPU here; use cpu or auto")
+        return torch.device("cuda")
+    if accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--trainer.accelerator mps: MPS is not available here; use cpu or auto")
+        return torch.device("mps")
+    if accelerator == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,125 @@
+"""The command line of scripts/predict.py: classify image files with any checkpoint.
+
+    python scripts/predict.py --ckpt_path CKPT PATH [PATH ...] [--top_k K] [--tta none|mirror|mirror_translate]
+                              [--output preds.json|preds.csv]
+
+Deliberately not a LightningCLI: prediction must start fast (the tutorial's test.py is the bar),
+so it parses with argparse, takes only ``--trainer.accelerator`` from the Trainer's options, and
+runs the model directly under ``torch.inference_mode`` in batches, with the checkpoint's
+test-time augmentation unless ``--tta`` says otherwise. When every input sits in a folder named
+after a class (``test/<class>/*``), it also prints the accuracy.
+
+Exit status: 0 every input classified; 1 some inputs failed (the others are still classified and
+written); 2 a usage error (no such checkpoint, no inputs, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from datamodules.atomic_files import atomic_write
+from datamodules.image_reader import expand_inputs
+from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device
+from lightning_modules.inference.model import TTA_MODES
+
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Classify images with a trained checkpoint (ours, or the tutorial's .pth files).",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--top_k", type=int, default=1, help="also list the K most likely classes (default 1)")
+    parser.add_argument("--output", help="write every result to this .json or .csv file (written atomically)")
+    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation (default: the checkpoint's own)"
+    )
+    parser.add_argument(
+        "--trainer.accelerator",
+        dest="accelerator",
+        default="auto",
+        choices=ACCELERATORS,
+        help="device, as in fit.py: auto picks cuda, then mps, then cpu",
+    )
+    return parser
+
+
+@one_line_errors
+def predict_main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightning_modules.inference.checkpoints import load_classifier
+    from lightning_modules.inference.predictor import classify, folder_accuracy
+
+    if not args.paths:
+        raise UsageError("no inputs: pass image files, folders or glob patterns after the options")
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UsageError("--top_k and --batch_size must be positive integers")
+    if args.output and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"--output {args.output}: the file name must end in {' or '.join(OUTPUT_FORMATS)}")
+    device = pick_device(args.accelerator)
+    model = load_classifier(args.ckpt_path, map_location=device, tta=args.tta)
+    if getattr(model, "class_names_assumed", False):
+        print(f"note: {args.ckpt_path} stores no class names; using CIFAR-10's", file=sys.stderr)
+    top_k = min(args.top_k, model.num_classes)
+
+    start = time.perf_counter()
+    records = []
+    for record in classify(model, expand_inputs(args.paths), top_k, args.batch_size, device):
+        records.append(record)
+        print(format_row(record, top_k), flush=False)
+    sys.stdout.flush()
+    failed = sum(r["error"] is not None for r in records)
+    elapsed = time.perf_counter() - start
+    print(
+        f"{len(records) - failed} classified, {failed} failed in {elapsed:.2f} s "
+        f"({(len(records) - failed) / max(elapsed, 1e-9):.0f} images/s on {device.type}, tta {model.tta})",
+        file=sys.stderr,
+    )
+    scored = folder_accuracy(records, model.class_names)
+    if scored is not None:
+        correct, total = scored
+        print(f"accuracy {correct / total:.2%} ({correct}/{total}, true classes from folder names)", file=sys.stderr)
+    if args.output:
+        try:
+            write_atomically(Path(args.output), records)
+        except OSError as err:
+            print(f"error: cannot write {args.output} ({err.strerror}); the rows above are complete", file=sys.stderr)
+            return 1
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def format_row(record: dict, top_k: int) -> str:
+    if record["error"] is not None:
+        return f"{record['path']}\tERROR\t{record['error']}"
+    row = f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"
+    if top_k > 1:
+        row += "\t" + ", ".join(f"{t['label']} {t['probability']:.4f}" for t in record["top_k"])
+    return row
+
+
+def write_atomically(path: Path, records: list[dict]) -> None:
+    """Write all records at once through a temporary file: readers never see half a file."""
+    if path.suffix.lower() == ".json":
+        text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["path", "label", "probability", "top_k", "error"])
+        writer.writeheader()
+        for r in records:
+            writer.writerow({**r, "top_k": json.dumps(r["top_k"], ensure_ascii=False)})
+        text = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,80 @@
+"""Batched prediction: image files in, ranked labels out, the same for predict.py and serve.py.
+
+Images come through the one image reader (``datamodules.image_reader``), the model runs with its
+test-time augmentation, and ``rank`` turns logits into ``{label, probability, top_k}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from datamodules.image_reader import ImageFileError, read_image
+from lightning_modules.inference.model import InferenceClassifier
+
+Row = tuple[str, Path | None, str | None]  # (label shown to the user, file, error instead of a file)
+
+
+def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[dict]:
+    """``{label, probability, top_k}`` for each uint8 image of a batch, in one forward pass (per TTA view)."""
+    with torch.inference_mode():
+        probabilities = model(images).float().softmax(dim=-1)
+    top_p, top_i = probabilities.topk(top_k, dim=-1)
+    records = []
+    for ps, ids in zip(top_p.tolist(), top_i.tolist(), strict=True):
+        ranked = [{"label": model.class_names[i], "probability": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
+        records.append({"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked})
+    return records
+
+
+def read_rows(rows: Iterable[Row], size: int) -> Iterator[tuple[str, torch.Tensor | None, str | None]]:
+    """(label, image or None, error or None) per row, in order; one thread decodes ahead of the caller
+    (Pillow and torch release the GIL in their C code, so decoding overlaps the forward pass)."""
+
+    def read(row: Row) -> tuple[str, torch.Tensor | None, str | None]:
+        label, path, error = row
+        if error is not None:
+            return label, None, error
+        try:
+            return label, read_image(path, size, name=label), None
+        except ImageFileError as err:
+            return label, None, str(err)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield from pool.map(read, rows)
+
+
+def classify(
+    model: InferenceClassifier, rows: Iterable[Row], top_k: int, batch_size: int, device: torch.device
+) -> Iterator[dict]:
+    """One record per input row, in input order; images run through the model in batches."""
+    chunk: list[tuple[str, torch.Tensor | None, str | None]] = []
+    for item in read_rows(rows, model.image_size):
+        chunk.append(item)
+        if sum(image is not None for _, image, _ in chunk) >= batch_size:
+            yield from _classify_chunk(model, chunk, top_k, device)
+            chunk = []
+    yield from _classify_chunk(model, chunk, top_k, device)
+
+
+def _classify_chunk(model, chunk, top_k: int, device: torch.device) -> Iterator[dict]:
+    images = [image for _, image, _ in chunk if image is not None]
+    ranked = iter(rank(model, torch.stack(images).to(device), top_k) if images else [])
+    for label, image, error in chunk:
+        if image is None:
+            yield {"path": label, "label": None, "probability": None, "top_k": [], "error": error}
+        else:
+            yield {"path": label, **next(ranked), "error": None}
+
+
+def folder_accuracy(records: list[dict], class_names: list[str]) -> tuple[int, int] | None:
+    """(correct, total) when every classified file sits in a folder named after a class (a labelled
+    tree such as ``test/<class>/*``), else None."""
+    classified = [r for r in records if r["error"] is None]
+    truths = [Path(r["path"]).parent.name for r in classified]
+    if not classified or not set(truths) <= set(class_names):
+        return None
+    return sum(r["label"] == t for r, t in zip(classified, truths, strict=True)), len(classified)

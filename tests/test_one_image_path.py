@@ -1,0 +1,102 @@
+"""One image path, one accuracy: training and inference read the same pixels, and inference scores
+what the fit-time test scored, with the checkpoint's test-time augmentation."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+from conftest import make_image_folder
+from PIL import Image
+
+from datamodules import sources
+from datamodules.image_reader import read_image
+from lightning_modules.cli.predict import predict_main
+from lightning_modules.inference.checkpoints import load_classifier
+from lightning_modules.inference.predictor import read_rows
+
+
+def awkward_files(folder) -> list[str]:
+    """Files the two paths used to read differently; returns their names in sorted order."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.where(np.arange(70) < 35, 0, 255).astype(np.uint8)[None, :].repeat(50, 0)])
+    Image.fromarray(rgba, "RGBA").save(folder / "a_rgba.png")  # left half fully transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    Image.fromarray(rgb).save(folder / "b_exif.jpg", exif=exif.tobytes())
+    Image.fromarray((rng.integers(0, 65536, (40, 40))).astype(np.uint16)).save(folder / "c_16bit.png")
+    palette = Image.fromarray(rgb[:32, :32]).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.save(folder / "d_palette.gif", transparency=0)
+    Image.fromarray(rgb).convert("CMYK").save(folder / "e_cmyk.jpg")
+    Image.fromarray(rgb).save(folder / "f_70x50.png")
+    frames = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    frames[0].save(folder / "g_animated.gif", save_all=True, append_images=frames[1:])
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_training_and_predict_read_awkward_files_bit_identically(tmp_path):
+    root = tmp_path / "data"
+    names = awkward_files(root / "train" / "cat")
+    data = sources.load(root, cache_dir=tmp_path / "cache", log=lambda m: None)
+    rows = [(name, root / "train" / "cat" / name, None) for name in names]
+    predicted = [image for _, image, error in read_rows(rows, 32) if error is None]
+    assert len(predicted) == len(names) == len(data.train)
+    for name, trained, served in zip(names, data.train.images, predicted, strict=True):
+        assert torch.equal(trained, served), f"{name}: training and predict see different pixels"
+    # Transparency is composited on white everywhere (the left half of a_rgba.png).
+    assert data.train.images[0][:, :, :14].min() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    tall = np.zeros((40, 20, 3), dtype=np.uint8)
+    tall[:20] = 255  # white top half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(tall).save(buffer, format="JPEG", exif=exif.tobytes())
+    image = read_image(buffer.getvalue(), 32)
+    # Rotated 90 degrees clockwise for display: the white half is now on the right.
+    assert image[:, :, 24:].float().mean() > 200 and image[:, :, :8].float().mean() < 50
+
+
+def test_an_old_cache_format_is_rebuilt_not_misread(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", {"train": 2})
+    messages: list[str] = []
+    monkeypatch.setattr(sources, "CACHE_FORMAT", sources.CACHE_FORMAT - 1)
+    sources.load(root, cache_dir=tmp_path / "cache", log=messages.append)
+    monkeypatch.undo()
+    messages.clear()
+    sources.load(root, cache_dir=tmp_path / "cache", log=messages.append)
+    assert any(m.startswith("Decoding") for m in messages), "a cache of the old format was trusted"
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # the stale one is removed
+
+
+def test_predict_scores_exactly_what_the_fit_test_scored(tta_run, capsys):
+    work, _, report = tta_run
+    best = report["best_checkpoint"]
+    test_files = sorted((work / "data" / "test").rglob("*.png"))
+    correct_in_test = round(report["test"]["test/acc"] * len(test_files))
+    assert 0 < correct_in_test < len(test_files), "the tiny run should be neither hopeless nor perfect"
+    capsys.readouterr()
+    out = work / "preds.json"
+    assert predict_main(["--ckpt_path", best, str(work / "data" / "test"), "--output", str(out)]) == 0
+    records = json.loads(out.read_text())
+    correct = sum(r["label"] == r["path"].split("/")[-2] for r in records)
+    assert correct == correct_in_test
+    assert f"({correct}/{len(test_files)}, true classes from folder names)" in capsys.readouterr().err
+
+
+def test_inference_applies_the_checkpoints_tta_unless_overridden(tta_run):
+    _, _, report = tta_run
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    default = load_classifier(report["best_checkpoint"])
+    plain = load_classifier(report["best_checkpoint"], tta="none")
+    assert default.tta == "mirror_translate" and plain.tta == "none"
+    with torch.inference_mode():
+        views = [plain(v) for v in (images, images.flip(-1))]
+        assert not torch.allclose(default(images), plain(images))
+        assert torch.allclose(load_classifier(report["best_checkpoint"], tta="mirror")(images), sum(views) / 2)
