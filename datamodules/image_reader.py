@@ -72,7 +72,9 @@ def read_image(source: str | os.PathLike | bytes, size: int, name: str | None = 
     except UnidentifiedImageError:
         raise ImageFileError(f"{label}: not an image in a supported format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageFileError(f"{label}: image dimensions are too large (decompression bomb?)") from None
+        raise ImageFileError(
+            f"{label}: image too large, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageFileError(f"{label}: damaged or truncated image ({reason})") from None
@@ -130,24 +132,82 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
 
 def expand_inputs(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
     """Each argument (file, folder searched recursively, or glob pattern) as (label, path, error) rows,
-    in argument order; a row with an error stands for an input that yields no image."""
+    in argument order; a row with an error stands for an input that yields no image.
+
+    Folders and patterns give regular files only, each real file once (symlinks to files are
+    followed, symlinks to folders are not, so a loop cannot repeat or hang), at any depth."""
     import glob
 
     rows: list[tuple[str, Path | None, str | None]] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            found = [p for p in walk_files(path) if p.suffix.lower() in SUFFIXES]
             if not found:
                 rows.append((arg, None, f"{arg}: folder holds no images ({', '.join(sorted(SUFFIXES))})"))
             rows.extend((str(p), p, None) for p in found)
         elif path.exists() or path.is_symlink():
-            rows.append((arg, path, None))
+            rows.append((arg, path, None))  # the reader names what is wrong with it, if anything
         elif glob.has_magic(arg):
-            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            found = match_pattern(arg)
             if not found:
                 rows.append((arg, None, f"{arg}: pattern matches no files"))
             rows.extend((str(p), p, None) for p in found)
         else:
             rows.append((arg, None, f"{arg}: no such file or folder"))
     return rows
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Regular files under ``root`` in sorted order, without recursion (any depth) and without
+    entering symlinked folders; a file reached twice (through links) is listed once."""
+    files, seen, stack = [], set(), [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue  # unreadable folder: nothing to list there
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file():  # follows a symlink to a file; False for FIFOs, devices, dangling links
+                    real = os.path.realpath(entry.path)
+                    if real not in seen:
+                        seen.add(real)
+                        files.append(Path(entry.path))
+            except OSError:  # a symlink loop or a file removed meanwhile
+                continue
+    return sorted(files)
+
+
+def match_pattern(pattern: str) -> list[Path]:
+    """Files matching a glob pattern (``*``, ``?``, ``[...]``; ``**`` across folders), found by walk_files."""
+    import glob
+    import re
+
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    regex = []
+    for i, part in enumerate(parts[fixed:]):
+        last = i == len(parts) - fixed - 1
+        if part == "**":
+            regex.append(".*" if last else "(?:.*/)?")
+            continue
+        piece = ""
+        for char in re.split(r"(\*|\?|\[[^\]]*\])", part):
+            if char == "*":
+                piece += "[^/]*"
+            elif char == "?":
+                piece += "[^/]"
+            elif char.startswith("[") and char.endswith("]") and len(char) > 2:
+                piece += "[" + char[1:-1].replace("!", "^", 1) + "]" if char[1] == "!" else char
+            else:
+                piece += re.escape(char)
+        regex.append(piece + ("" if last else "/"))
+    compiled = re.compile("".join(regex))
+    if not root.is_dir():
+        return []
+    return [p for p in walk_files(root) if compiled.fullmatch(p.relative_to(root).as_posix())]

@@ -48,6 +48,10 @@ CACHE_FORMAT = 3
 # Seed of the order val/ and test/ folders are stored in: shuffled, so any prefix
 # (--trainer.limit_val_batches) samples every class, and fixed, so every run sees the same order.
 ORDER_SEED = 0
+# A cache writer's temporary file older than this (seconds) was left by a killed process.
+STALE_TEMP_S = 600
+# Decoded trees whose cache could not be written, by cache path: decoded once per process, not twice.
+_UNWRITTEN: dict[Path, dict] = {}
 
 
 class DataError(Exception):
@@ -186,8 +190,15 @@ def _class_folders(split_dir: Path) -> list[str]:
         names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
     except OSError as err:
         raise DataError(f"cannot list {split_dir}: {err.strerror}") from None
-    if not names:
-        raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>")
+    if len(names) < 2:
+        found = f"only {names[0]}/" if names else "no class folders"
+        raise DataError(f"{split_dir} has {found}; a classifier needs 2 or more: {split_dir}/<class>/<image files>")
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes (surrogates): class names end up in logs and checkpoints
+            shown = name.encode("utf-8", "backslashreplace").decode()
+            raise DataError(f"class folder {split_dir / shown} is not valid UTF-8; rename it") from None
     return names
 
 
@@ -221,6 +232,12 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, in
                     except OSError:  # a dangling symlink or a loop: the reader names it when decoding
                         size, mtime = -1, -1
                     entries.append((f"{split}/{name}/{e.name}", label, size, mtime))
+        empty = sorted(set(classes) - {classes[e[1]] for e in entries})
+        if empty:
+            raise DataError(
+                f"class folder {split_dir / empty[0]} holds no images: add images or remove the folder "
+                f"(expected files ending in {', '.join(sorted(SUFFIXES))})"
+            )
         entries.sort()
         if not entries:
             raise DataError(f"no images in {split_dir}: expected files ending in {', '.join(sorted(SUFFIXES))}")
@@ -238,17 +255,22 @@ def _cache_path(root: Path, cache_dir: Path, image_size: int, files) -> tuple[Pa
 def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_bad_images: bool) -> SourceData:
     classes, files = _scan(root)
     path, prefix = _cache_path(root, cache_dir, image_size, files)
-    blob = None
-    if path.is_file():
+    blob = _UNWRITTEN.get(path)  # decoded earlier in this process, but the cache could not be written
+    if blob is None and path.is_file():
         try:
             # mmap: the tensors are paged in as batches touch them, so a warm start is ~instant.
             blob = torch.load(path, weights_only=True, mmap=True)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log(f"Cache {path} is unreadable ({err}); rebuilding it")
+        if blob is not None and blob.get("digest") != _digest(blob):
+            log(f"Cache {path} does not match its content hash (altered on disk?); rebuilding it")
+            blob = None
     if blob is None:
         log(f"Decoding {sum(len(v) for v in files.values()):,} images from {root} (once; cached in {cache_dir})")
         blob = _decode_folder(root, classes, files, image_size, log, skip_bad_images)
-        _write_cache(path, prefix, blob, log)
+        blob["digest"] = _digest(blob)
+        if not _write_cache(path, prefix, blob, log):
+            _UNWRITTEN[path] = blob
     skipped = list(blob.get("skipped", []))
     if skipped:
         # The cache remembers unreadable files, so the choice to skip them is made again every run.
@@ -292,16 +314,36 @@ def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_im
     return blob
 
 
-def _write_cache(path: Path, prefix: str, blob: dict, log) -> None:
+def _digest(blob: dict) -> str:
+    """A hash of every tensor and name in a cache blob, so bytes altered on disk are noticed."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(k for k in blob if k != "digest"):
+        value = blob[key]
+        h.update(key.encode())
+        if isinstance(value, Tensor):
+            h.update(memoryview(value.contiguous().numpy()).cast("B"))
+        else:
+            h.update(json.dumps(value).encode())
+    return h.hexdigest()
+
+
+def _write_cache(path: Path, prefix: str, blob: dict, log) -> bool:
+    """Write the cache atomically; False (and a note) when the folder is not writable."""
     try:
+        # A temporary file left by a killed writer (older than any write in progress) is removed.
+        for leftover in path.parent.glob(f".{prefix}*.tmp"):
+            if time.time() - leftover.stat().st_mtime > STALE_TEMP_S:
+                leftover.unlink(missing_ok=True)
         # A concurrent reader (another DDP process, another run) sees the old file or the whole new one.
         atomic_write(path, lambda f: torch.save(blob, f))
         for stale in path.parent.glob(f"{prefix}*.pt"):
             if stale != path:
                 stale.unlink(missing_ok=True)
+        return True
     except OSError as err:
         # The data is already decoded in memory; only the next start gets slower.
         log(f"Could not write the image cache {path} ({err.strerror}); set --data.cache_dir to a writable folder")
+        return False
 
 
 def _from_blob(blob: dict) -> SourceData:

@@ -144,11 +144,12 @@ def test_folder_with_something_else_is_not_downloaded_into(tmp_path):
 
 
 def test_no_images(tmp_path, cache_dir):
-    (tmp_path / "d" / "train" / "cat").mkdir(parents=True)
-    (tmp_path / "d" / "train" / "cat" / "readme.txt").write_text("not an image")
+    for name in ("cat", "dog"):
+        (tmp_path / "d" / "train" / name).mkdir(parents=True)
+        (tmp_path / "d" / "train" / name / "readme.txt").write_text("not an image")
     with pytest.raises(DataError) as err:
         sources.load(tmp_path / "d", cache_dir=cache_dir)
-    assert "no images in" in one_line(err)
+    assert "holds no images" in one_line(err)
 
 
 def test_no_class_folders(tmp_path, cache_dir):

@@ -179,7 +179,7 @@ def fit(args: list[str] | None = None) -> int:
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if cli.config.ckpt_path:
-        check_checkpoint(cli.config.ckpt_path)
+        check_checkpoint(cli.config.ckpt_path, model)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
     except (KeyboardInterrupt, SystemExit, SIGTERMException):
@@ -205,8 +205,9 @@ def fit(args: list[str] | None = None) -> int:
     return 0
 
 
-def check_checkpoint(path: str) -> None:
-    """Fail early, in one line, on a resume checkpoint that is missing or damaged."""
+def check_checkpoint(path: str, model: ImageClassifier) -> None:
+    """Fail early, in one line, on a resume checkpoint that is missing, damaged, not a training state,
+    or made with another network or optimiser than this configuration builds."""
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--ckpt_path {path}: no such file; pass a .ckpt from runs/*/version_*/checkpoints or 'last'")
@@ -228,6 +229,19 @@ def check_checkpoint(path: str) -> None:
             f"--ckpt_path {path} holds weights only, not a training state to resume (a tutorial .pth?); use it with "
             "scripts/predict.py --ckpt_path, or start fresh without --ckpt_path"
         )
+    saved = checkpoint.get("hyper_parameters") or {}
+    for name, what in (("net", "network"), ("optimizer", "optimiser")):
+        before, now = _class_path(saved.get(name)), _class_path(model.hparams.get(name))
+        if name == "net" and saved.get("net") != model.hparams.get("net"):
+            before, now = _describe(saved.get("net")), _describe(model.hparams.get("net"))
+        if before != now and (name == "net" or before is not None):
+            raise UsageError(
+                f"--ckpt_path {path} was trained with the {what} {before}, but this run builds {now}; resume with "
+                f"the run's own config (runs/.../config.yaml) or start fresh without --ckpt_path"
+            )
+    keys = set(checkpoint["state_dict"])
+    if keys != set(model.state_dict()):
+        raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
 
 
 def report_interruption(trainer: Trainer) -> NoReturn:
@@ -242,3 +256,14 @@ def report_interruption(trainer: Trainer) -> NoReturn:
             file=sys.stderr,
         )
     sys.exit(130)
+
+
+def _class_path(spec) -> str | None:
+    return spec.get("class_path") if isinstance(spec, dict) else None
+
+
+def _describe(spec) -> str:
+    if not isinstance(spec, dict):
+        return repr(spec)
+    args = ", ".join(f"{k}={v}" for k, v in sorted((spec.get("init_args") or {}).items()))
+    return f"{str(spec.get('class_path', '?')).rsplit('.', 1)[-1]}({args})"

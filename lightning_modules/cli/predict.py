@@ -102,24 +102,31 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def printable(text: str) -> str:
+    """A file name as any terminal can show it: bytes that are not UTF-8 become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def format_row(record: dict, top_k: int) -> str:
     if record["error"] is not None:
-        return f"{record['path']}\tERROR\t{record['error']}"
+        return printable(f"{record['path']}\tERROR\t{record['error']}")
     row = f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"
     if top_k > 1:
         row += "\t" + ", ".join(f"{t['label']} {t['probability']:.4f}" for t in record["top_k"])
-    return row
+    return printable(row)
 
 
 def write_atomically(path: Path, records: list[dict]) -> None:
     """Write all records at once through a temporary file: readers never see half a file."""
     if path.suffix.lower() == ".json":
+        # File names that are not UTF-8 are written as \\udcNN escapes, which read back as the same name.
         text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+        data = text.encode("utf-8", "backslashreplace")
     else:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["path", "label", "probability", "top_k", "error"])
         writer.writeheader()
         for r in records:
             writer.writerow({**r, "top_k": json.dumps(r["top_k"], ensure_ascii=False)})
-        text = buffer.getvalue()
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        data = buffer.getvalue().encode("utf-8", "surrogateescape")  # a file name's own bytes
+    atomic_write(path, lambda f: f.write(data))

@@ -30,30 +30,52 @@ from lightning_modules.inference.predictor import rank
 IMAGE_FIELD = "image_b64"
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+MAX_FORM_FIELDS = 16  # a form upload needs one file field; more is not an image upload
+
+
 class ImageBodyMiddleware:
-    """Turns a raw-bytes or multipart image upload into the JSON body LitServe expects.
+    """Turns a raw-bytes or multipart image upload into the JSON body LitServe expects, and answers
+    malformed requests with a 400 before they reach LitServe.
 
     LitServe hands ``decode_request`` the parsed JSON (or form) body, and sends it to the
     inference worker through a process queue, which cannot carry an open upload. This ASGI
-    middleware reads the image bytes first and forwards ``{"image_b64": ...}`` instead.
+    middleware reads the image bytes first and forwards ``{"image_b64": ...}`` instead. On a
+    loopback address it also refuses ``Host`` headers that are not loopback names, so a web page
+    cannot reach the server through DNS rebinding.
     """
 
-    def __init__(self, app, path: str = "/predict") -> None:
+    def __init__(self, app, path: str = "/predict", loopback_only: bool = True) -> None:
         self.app = app
         self.path = path
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        async def refuse(status: int, detail: str) -> None:
+            await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
 
         request = Request(scope, receive)
+        if self.loopback_only and _host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
+            return await refuse(400, "Host header is not a loopback name; serve with --host 0.0.0.0 to accept others")
+        if scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
         content_type = request.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            return await self.app(scope, request.receive, send)  # already JSON: {"image_b64": ...}
         try:
-            if content_type.startswith("multipart/form-data"):
-                form = await request.form()
+            if content_type.startswith("application/json"):
+                body = await request.body()
+                payload = json.loads(body)
+                if not isinstance(payload, dict) or not isinstance(payload.get(IMAGE_FIELD), str):
+                    return await refuse(
+                        400, f'send {{"{IMAGE_FIELD}": "<base64>"}}, the raw image, or a multipart upload'
+                    )
+                data = None
+            elif content_type.startswith("multipart/form-data"):
+                form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
                 uploads = [v for v in form.values() if hasattr(v, "read")]
                 data = await uploads[0].read() if uploads else b""
                 await form.close()
@@ -62,10 +84,13 @@ class ImageBodyMiddleware:
         except HTTPException as err:
             # Raised while reading, e.g. LitServe's 413 for a body over --max_bytes. Out here, outside
             # FastAPI's exception handlers, it would become a 500: answer it directly.
-            from starlette.responses import JSONResponse
-
-            return await JSONResponse({"detail": err.detail}, status_code=err.status_code)(scope, receive, send)
-        body = json.dumps({IMAGE_FIELD: base64.b64encode(data).decode("ascii")}).encode()
+            return await refuse(err.status_code, str(err.detail))
+        except (ValueError, UnicodeDecodeError):  # broken JSON
+            return await refuse(400, "the JSON body is not valid JSON")
+        except Exception as err:  # starlette's multipart errors: no boundary, too many fields, truncated parts
+            return await refuse(400, f"malformed multipart upload ({str(err)[:120] or type(err).__name__})")
+        if data is not None:
+            body = json.dumps({IMAGE_FIELD: base64.b64encode(data).decode("ascii")}).encode()
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         sent = False
@@ -78,6 +103,13 @@ class ImageBodyMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host header: ``127.0.0.1:8000`` -> ``127.0.0.1``, ``[::1]:8000`` -> ``[::1]``."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -160,7 +192,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         accelerator=accelerator,
         workers_per_device=args.workers,
         max_payload_size=args.max_bytes,
-        middlewares=[(ImageBodyMiddleware, {"path": "/predict"})],
+        middlewares=[(ImageBodyMiddleware, {"path": "/predict", "loopback_only": args.host == "127.0.0.1"})],
     )
     # SIGTERM (docker stop, kill, a test's teardown) would end this process at once and orphan
     # LitServe's forked API and inference processes; as KeyboardInterrupt it takes LitServe's

@@ -84,7 +84,12 @@ def _load(path: Path) -> InferenceClassifier:
     if isinstance(obj, nn.Module):
         if not isinstance(obj, Tudui):
             raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a tutorial Tudui")
-        return _tutorial_classifier(obj.state_dict(), path)
+        try:  # an unpickled module may carry hooks or odd attributes; only its tensors are wanted
+            state = {k: v for k, v in obj.state_dict().items() if isinstance(v, torch.Tensor)}
+        except Exception as err:
+            reason = type(err).__name__
+            raise CheckpointError(f"refused {path}: its Tudui does not give up its weights ({reason})") from None
+        return _tutorial_classifier(state, path)
     if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
         return _lightning_classifier(obj, path)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
