@@ -44,8 +44,13 @@ class ImageFileError(Exception):
     """This one input could not be used as an image; the message names it and says why."""
 
 
-def read_image(source: str | os.PathLike | bytes, size: int, name: str | None = None) -> torch.Tensor:
-    """Decode a file path or raw bytes into a (3, size, size) uint8 tensor, or raise ImageFileError."""
+def read_image(
+    source: str | os.PathLike | bytes, size: int, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> torch.Tensor:
+    """Decode a file path or raw bytes into a (3, size, size) uint8 tensor, or raise ImageFileError.
+
+    ``max_pixels`` may only lower the limit (a server bounds the decode work of one request)."""
+    max_pixels = min(max_pixels, MAX_PIXELS)
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes):
         if not source:
@@ -57,9 +62,9 @@ def read_image(source: str | os.PathLike | bytes, size: int, name: str | None = 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream, formats=FORMATS) as im:
-                if im.width * im.height > MAX_PIXELS:
+                if im.width * im.height > max_pixels:
                     raise ImageFileError(
-                        f"{label}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel limit"
+                        f"{label}: {im.width}x{im.height} pixels is over the {max_pixels:,}-pixel limit"
                     )
                 im.load()  # the first frame of an animation
                 # Orientation lives in EXIF (JPEG, PNG, WebP: info["exif"] once loaded) or TIFF tags;

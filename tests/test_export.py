@@ -46,7 +46,7 @@ def test_export_matches_the_checkpoint(checkpoint, images, tmp_path, capsys, fmt
         assert got.shape == (n, 3)
         assert (got - expected).abs().max().item() <= 1e-4
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*"))  # no temporary file or external-data file left beside the output
 
 
 def test_failed_parity_writes_nothing(checkpoint, tmp_path, monkeypatch, capsys):

@@ -252,6 +252,36 @@ def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_pat
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == step + 3
 
 
+def test_sigterm_during_the_final_test_exits_130_with_a_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # Lightning adds its handler to the one there; this one keeps a stray signal from ending pytest.
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)
+    try:
+        make_image_folder(tmp_path / "data", {"train": 6, "test": 2})
+        args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.eval_batch_size", "2",
+                "--trainer.max_epochs", "1", *QUIET, "--trainer.callbacks+=helpers.SigtermDuringTest"]  # fmt: skip
+        assert exit_status(fit_main, args) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "Interrupted while testing" in capsys.readouterr().err
+    report = json.loads((tmp_path / "runs" / "tutorial" / "version_0" / "report.json").read_text())
+    assert [row["epoch"] for row in report["epochs"]] == [0] and report["best_checkpoint"]
+
+
+def test_interrupted_in_the_last_validation_the_resume_validates_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 6})
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.eval_batch_size", "2", "--test", "false",
+            "--trainer.max_epochs", "2", "--trainer.num_sanity_val_steps", "0", *QUIET]  # fmt: skip
+    assert exit_status(fit_main, [*args, "--trainer.callbacks+=helpers.InterruptValidationOfEpoch1"]) == 130
+    assert "Interrupted while validating epoch 1" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "tutorial" / "version_0"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert fit_main([*args, "--ckpt_path", "last"]) == 0
+    assert len(val_scalars(run_dir)["val/acc"]) == 2  # epoch 1 was validated after all
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
 @pytest.mark.slow
 def test_sigkill_never_leaves_a_damaged_checkpoint(tmp_path):
     # A checkpoint every step, so the kill is likely to land during a write.

@@ -80,6 +80,12 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def one_bit_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def known_images(server):
     _, work, ckpt = server
@@ -115,8 +121,9 @@ def test_raw_and_multipart_uploads_agree_with_predict(server, known_images):
         (lambda: png_bytes(np.zeros((64, 64, 3), np.uint8))[:60], 400, "truncated"),
         (lambda: b"", 400, "empty input"),
         (lambda: png_bytes(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)), 413, "large"),
+        (lambda: one_bit_png(4000, 3001), 400, "12,000,000-pixel limit"),  # a few KB, 12 megapixels
     ],
-    ids=["not-an-image", "truncated", "empty", "too-large"],
+    ids=["not-an-image", "truncated", "empty", "too-large", "too-many-pixels"],
 )
 def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, known_images, make_body, status, message):
     url, _, _ = server
@@ -130,6 +137,29 @@ def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, known_images, m
     assert requests.get(f"{url}/health", timeout=5).text == "ok"
     good = requests.post(f"{url}/predict", data=known_images[0][0].read_bytes(), timeout=30)
     assert good.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "message"),
+    [
+        ({"Content-Type": "application/json"}, b"{broken", "not valid JSON"),
+        ({"Content-Type": "application/json"}, b'{"other": 1}', "image_b64"),
+        ({"Content-Type": "multipart/form-data"}, b"--x\r\n", "malformed multipart"),
+        (
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            "".join(f'--x\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nv\r\n' for i in range(40)).encode()
+            + b"--x--\r\n",
+            "malformed multipart",
+        ),
+        ({"Host": "attacker.example"}, b"", "Host header"),
+    ],
+    ids=["broken-json", "json-without-image", "multipart-without-boundary", "too-many-fields", "foreign-host"],
+)
+def test_malformed_requests_are_400_not_500(server, headers, body, message):
+    url, _, _ = server
+    response = requests.post(f"{url}/predict", data=body, headers=headers, timeout=30)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
 
 
 def test_concurrent_requests_are_all_answered(server, known_images):

@@ -7,12 +7,14 @@ leaves last.ckpt at the best epoch, and ``--ckpt_path last`` would silently resu
 retrain the epochs in between. This is a second ModelCheckpoint, configured through its public
 arguments only: no monitor, one file named ``last``, saved at the end of every training epoch
 (after that epoch's validation, if any), overwritten in place, and saved when the run is
-interrupted.
+interrupted, except during a validation: a state saved there would count the epoch as done,
+and a resumed run would never validate it, so last.ckpt stays at the end of the epoch before.
 """
 
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -34,3 +36,13 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
             save_on_exception=True,
         )
+
+        # Set when an interruption came during validation and last.ckpt was left at the epoch before.
+        self.kept_previous = False
+
+    @override
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.validating:
+            self.kept_previous = True
+            return
+        super().on_exception(trainer, pl_module, exception)

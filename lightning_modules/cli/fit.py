@@ -180,18 +180,11 @@ def fit(args: list[str] | None = None) -> int:
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
-    try:
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
-    except (KeyboardInterrupt, SystemExit, SIGTERMException):
-        # Lightning has already saved the state (LastCheckpoint saves on exceptions) and, for Ctrl-C,
-        # turned the KeyboardInterrupt into SystemExit(1).
-        if trainer.state.status != TrainerStatus.INTERRUPTED:
-            raise
-        report_interruption(trainer)
+    run_or_report_interruption(trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cli.config.test:
         if data.has_test_split:
-            trainer.test(model, datamodule=data, ckpt_path=best or None)
+            run_or_report_interruption(trainer, lambda: trainer.test(model, datamodule=data, ckpt_path=best or None))
         else:
             rank_zero_info(
                 f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
@@ -244,17 +237,35 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
         raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
 
 
+def run_or_report_interruption(trainer: Trainer, run) -> None:
+    """Run ``trainer.fit`` or ``trainer.test``; on Ctrl-C or SIGTERM say what was saved and exit 130."""
+    try:
+        run()
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        # Lightning has already saved the state (LastCheckpoint saves on exceptions), called the
+        # callbacks' on_exception (the report is written with what finished) and, for Ctrl-C, turned
+        # the KeyboardInterrupt into SystemExit(1); SIGTERM arrives as SIGTERMException (exit code 0).
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        report_interruption(trainer)
+
+
 def report_interruption(trainer: Trainer) -> NoReturn:
     last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
     saved = last.best_model_path if last is not None and last.best_model_path else None
     if trainer.is_global_zero:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv] if a)
-        where = f"saved {saved}" if saved else "nothing new to save"
-        print(
-            f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {where}. "
-            f"Resume with: {command} --ckpt_path last",
-            file=sys.stderr,
-        )
+        if trainer.state.fn == "test":
+            what = "Interrupted while testing; training had finished and its checkpoints are complete. Test again with"
+        elif last is not None and last.kept_previous:
+            what = (
+                f"Interrupted while validating epoch {trainer.current_epoch}; {saved or 'no checkpoint'} holds the "
+                "epoch before, so resuming trains and validates this epoch again. Resume with"
+            )
+        else:
+            where = f"saved {saved}" if saved else "nothing new to save"
+            what = f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {where}. Resume with"
+        print(f"{what}: {command} --ckpt_path last", file=sys.stderr)
     sys.exit(130)
 
 
