@@ -171,9 +171,15 @@ def test_links_and_deep_folders_list_each_file_once(tmp_path):
         deep = deep / "d"
         os.mkdir(deep)
     Image.new("RGB", (8, 8)).save(deep / "deep.png")
-    for arg in (str(tmp_path), str(tmp_path / "**" / "*.png")):
-        found = [row[1] for row in expand_inputs([arg])]
-        assert len(found) == 2 and found[-1].name == "deep.png", arg
+    try:
+        for arg in (str(tmp_path), str(tmp_path / "**" / "*.png")):
+            found = [row[1] for row in expand_inputs([arg])]
+            assert len(found) == 2 and found[-1].name == "deep.png", arg
+    finally:  # bottom-up: shutil.rmtree (pytest's clean-up) recurses and would fail at this depth
+        (deep / "deep.png").unlink()
+        while deep != tmp_path:
+            deep.rmdir()
+            deep = deep.parent
 
 
 def test_file_names_that_are_not_utf8_are_classified_and_written(checkpoint, tmp_path, capsys):

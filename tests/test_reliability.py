@@ -230,7 +230,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_path, sig):
-    proc, checkpoints = start_long_run(tmp_path)
+    # No validation, so the signal always lands in training (an interrupted validation keeps the
+    # epoch before: test_interrupted_in_the_last_validation_the_resume_validates_it).
+    proc, checkpoints = start_long_run(tmp_path, "--trainer.limit_val_batches", "0")
     wait_for(checkpoints / "last.ckpt", proc)
     time.sleep(1.0)  # mid-epoch, some steps after the last epoch-end checkpoint
     proc.send_signal(sig)
@@ -246,7 +248,8 @@ def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_pat
     # Resuming continues from that step.
     result = run_script(
         "fit.py", "--data.data_dir", "data", "--data.val_size", "10", "--data.batch_size", "4", "--test", "false",
-        "--trainer.max_steps", str(step + 3), "--ckpt_path", "last", *QUIET, cwd=tmp_path,
+        "--trainer.max_epochs", "100000", "--trainer.limit_val_batches", "0", "--trainer.max_steps", str(step + 3),
+        "--ckpt_path", "last", *QUIET, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == step + 3

@@ -31,7 +31,7 @@ from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
-from lightning_modules.cli.frame import UsageError, expected_errors
+from lightning_modules.cli.frame import UsageError, one_line_errors
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
 RUNS_DIR = "runs"
@@ -60,8 +60,6 @@ DEFAULTS = {
     "checkpoint.save_last": False,
     "checkpoint.save_on_exception": False,
 }
-# One line, exit 2: the project's errors, and Lightning's own configuration errors.
-USAGE_ERRORS = (*expected_errors(), MisconfigurationException)
 
 
 class CompactErrorParser(LightningArgumentParser):
@@ -166,16 +164,9 @@ class ClassifierCLI(LightningCLI):
         return str(last)
 
 
+@one_line_errors(also=(MisconfigurationException,))  # Lightning's own configuration errors are one line too
 def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: fit, then test the best checkpoint, as the tutorial did."""
-    try:
-        return fit(args)
-    except USAGE_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-def fit(args: list[str] | None = None) -> int:
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if cli.config.ckpt_path:

@@ -28,18 +28,22 @@ def expected_errors() -> tuple[type[Exception], ...]:
     return (UsageError, DataError, CheckpointError, ImageFileError)
 
 
-def one_line_errors(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a command's main: the project's errors become ``error: ...`` on stderr and exit status 2."""
+def one_line_errors(main: Callable[..., int | None] | None = None, *, also: tuple[type[Exception], ...] = ()):
+    """Wrap a command's main: the project's errors (and ``also``) become ``error: ...`` on stderr and
+    exit status 2. Use as ``@one_line_errors`` or ``@one_line_errors(also=(SomeError,))``."""
 
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs) or 0
-        except expected_errors() as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    def decorate(function: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(function)
+        def wrapped(*args, **kwargs) -> int:
+            try:
+                return function(*args, **kwargs) or 0
+            except (*expected_errors(), *also) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
 
-    return wrapped
+        return wrapped
+
+    return decorate(main) if main is not None else decorate
 
 
 def pick_device(accelerator: str) -> torch.device:
