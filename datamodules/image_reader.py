@@ -78,7 +78,7 @@ def read_image(
         raise ImageFileError(f"{label}: not an image in a supported format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageFileError(
-            f"{label}: image too large, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
+            f"{label}: image too large, over the {max_pixels:,}-pixel limit (a decompression bomb?)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -52,6 +52,8 @@ ORDER_SEED = 0
 STALE_TEMP_S = 600
 # Decoded trees whose cache could not be written, by cache path: decoded once per process, not twice.
 _UNWRITTEN: dict[Path, dict] = {}
+# Cache files (path, size, mtime) whose content hash this process has checked.
+_VERIFIED: set[tuple[str, int, int]] = set()
 
 
 class DataError(Exception):
@@ -262,14 +264,20 @@ def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_
             blob = torch.load(path, weights_only=True, mmap=True)
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log(f"Cache {path} is unreadable ({err}); rebuilding it")
-        if blob is not None and blob.get("digest") != _digest(blob):
-            log(f"Cache {path} does not match its content hash (altered on disk?); rebuilding it")
-            blob = None
+        # Hashed once per process and file version: prepare_data and setup both load the cache.
+        if blob is not None and _stamp(path) not in _VERIFIED:
+            if blob.get("digest") != _digest(blob):
+                log(f"Cache {path} does not match its content hash (altered on disk?); rebuilding it")
+                blob = None
+            else:
+                _VERIFIED.add(_stamp(path))
     if blob is None:
         log(f"Decoding {sum(len(v) for v in files.values()):,} images from {root} (once; cached in {cache_dir})")
         blob = _decode_folder(root, classes, files, image_size, log, skip_bad_images)
         blob["digest"] = _digest(blob)
-        if not _write_cache(path, prefix, blob, log):
+        if _write_cache(path, prefix, blob, log):
+            _VERIFIED.add(_stamp(path))  # its digest was computed from the tensors just written
+        else:
             _UNWRITTEN[path] = blob
     skipped = list(blob.get("skipped", []))
     if skipped:
@@ -312,6 +320,11 @@ def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_im
         blob[f"{split}_labels"] = labels[keep]
     log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
     return blob
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 def _digest(blob: dict) -> str:

@@ -214,15 +214,17 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
             "scripts/predict.py --ckpt_path, or start fresh without --ckpt_path"
         )
     saved = checkpoint.get("hyper_parameters") or {}
-    for name, what in (("net", "network"), ("optimizer", "optimiser")):
-        before, now = _class_path(saved.get(name)), _class_path(model.hparams.get(name))
-        if name == "net" and saved.get("net") != model.hparams.get("net"):
-            before, now = _describe(saved.get("net")), _describe(model.hparams.get("net"))
-        if before != now and (name == "net" or before is not None):
-            raise UsageError(
-                f"--ckpt_path {path} was trained with the {what} {before}, but this run builds {now}; resume with "
-                f"the run's own config (runs/.../config.yaml) or start fresh without --ckpt_path"
-            )
+    differs = None
+    if saved.get("net") != model.hparams.get("net"):
+        differs = ("network", _describe(saved.get("net")), _describe(model.hparams.get("net")))
+    elif saved.get("optimizer") and _class_path(saved["optimizer"]) != _class_path(model.hparams.get("optimizer")):
+        differs = ("optimiser", _class_path(saved["optimizer"]), _class_path(model.hparams.get("optimizer")))
+    if differs:
+        what, before, now = differs
+        raise UsageError(
+            f"--ckpt_path {path} was trained with the {what} {before}, but this run builds {now}; resume with "
+            "the run's own config (runs/.../config.yaml) or start fresh without --ckpt_path"
+        )
     keys = set(checkpoint["state_dict"])
     if keys != set(model.state_dict()):
         raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
