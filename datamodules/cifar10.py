@@ -18,6 +18,8 @@ from datamodules import augment, sources
 from datamodules.sources import DataError, Split
 from datamodules.tensor_batches import TensorBatches, keep_batch
 
+SPLITS = ("train", "val", "test")
+
 
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 (or any image-folder tree) as uint8 batches, augmented on the training device.
@@ -189,6 +191,14 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_split, "test", train=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """An evaluation loader (in order, no augmentation) over "train", "val" or "test"; for scoring a
+        checkpoint on any split (scripts/evaluate.py)."""
+        if split not in SPLITS:
+            raise DataError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        self.setup()
+        return self._loader(getattr(self, f"{split}_split"), split, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):

@@ -36,12 +36,15 @@ class RunReport(L.Callback):
     Args:
         enabled: write the report.
         print_per_class: print the test's per-class precision/recall/F1 table after testing.
+        checkpoint: the checkpoint a run that does not train scores (scripts/evaluate.py); a training
+            run reports its best checkpoint instead.
 
     The epochs collected so far are saved in checkpoints, so a resumed run reports the whole run.
     """
 
-    def __init__(self, enabled: bool = True, print_per_class: bool = True) -> None:
+    def __init__(self, enabled: bool = True, print_per_class: bool = True, checkpoint: str | None = None) -> None:
         self.enabled = enabled
+        self.checkpoint = checkpoint
         self.print_per_class = print_per_class
         self.start = time.perf_counter()
         self.elapsed_before = 0.0  # wall seconds of the run before a resume
@@ -143,7 +146,7 @@ class RunReport(L.Callback):
 
         return {
             "config": yaml.safe_load(config_file.read_text()) if config_file.is_file() else None,
-            "best_checkpoint": best or None,
+            "best_checkpoint": best or self.checkpoint,
             "best_val_acc": float(score) if score is not None else None,
             "epochs": [self.epochs[e] for e in sorted(self.epochs)],
             "test": self.test,

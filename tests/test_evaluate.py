@@ -1,0 +1,86 @@
+"""scripts/evaluate.py: any checkpoint on any labelled split, scored as fit.py and predict.py score it."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import make_image_folder, noisy_folder
+from helpers import exit_status
+
+from datamodules.sources import CIFAR10_CLASSES
+from lightning_modules.cli.evaluate import evaluate_main
+from lightning_modules.cli.predict import predict_main
+from lightning_modules.nets import Tudui
+
+
+def _evaluate(work, *extra: str) -> int:
+    return exit_status(
+        evaluate_main, ["--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache"), *extra]
+    )
+
+
+def test_evaluate_scores_what_the_fit_test_and_predict_scored(tta_run, tmp_path, capsys):
+    work, _, report = tta_run
+    best = report["best_checkpoint"]
+    out = tmp_path / "eval"
+    assert _evaluate(work, "--ckpt_path", best, "--output_dir", str(out)) == 0
+    evaluated = json.loads((out / "report.json").read_text())
+    assert evaluated["test"]["test/acc"] == report["test"]["test/acc"]
+    assert evaluated["test"]["per_class"] == report["test"]["per_class"]
+    assert evaluated["confusion_matrix"] == report["confusion_matrix"]
+    assert evaluated["best_checkpoint"] == best
+    assert (out / "report.md").is_file() and (out / "confusion_matrix.png").is_file()
+    printed = capsys.readouterr().out
+    assert "precision" in printed and "(tta mirror_translate)" in printed
+
+    files = sorted((work / "data" / "test").rglob("*.png"))
+    assert predict_main(["--ckpt_path", best, str(work / "data" / "test")]) == 0
+    correct = round(evaluated["test"]["test/acc"] * len(files))
+    assert f"({correct}/{len(files)}, true classes from folder names)" in capsys.readouterr().err
+
+
+def test_evaluate_val_split_is_the_one_fit_validated_on(tta_run, tmp_path):
+    work, run_dir, report = tta_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "val"
+    # No --data.val_size: the hold-out comes from the checkpoint (the run used 30 of 120, not 5,000).
+    assert _evaluate(work, "--ckpt_path", str(last), "--split", "val", "--output_dir", str(out)) == 0
+    evaluated = json.loads((out / "report.json").read_text())
+    assert evaluated["test"]["test/acc"] == report["epochs"][-1]["val/acc"]
+
+
+def test_evaluate_a_tutorial_state_dict_with_a_tta_override(tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 2, "test": 5}, classes=CIFAR10_CLASSES)
+    torch.manual_seed(0)
+    pth = tmp_path / "tudui_0.pth"
+    torch.save(Tudui().state_dict(), pth)
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, "--ckpt_path", str(pth), "--tta", "mirror", "--output_dir", str(out)) == 0
+    evaluated = json.loads((out / "report.json").read_text())
+    assert 0.0 <= evaluated["test"]["test/acc"] <= 1.0
+    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == 5 * len(CIFAR10_CLASSES)
+
+
+def test_evaluate_refuses_mismatches_in_one_line(tta_run, tmp_path, capsys):
+    work, _, report = tta_run
+    best = report["best_checkpoint"]
+    other = tmp_path / "other"
+    noisy_folder(other / "data", {"train": 3})
+    (other / "data" / "train" / "cat").rename(other / "data" / "train" / "lion")
+    cases = [
+        (work, ["--ckpt_path", best, "--split", "holdout"], "use one of train, val, test"),
+        (other, ["--ckpt_path", best], "has the classes"),
+        (work, ["--ckpt_path", str(tmp_path / "none.ckpt")], "no checkpoint at"),
+        (work, ["--ckpt_path", best, "--tta", "rotate"], "use one of none, mirror, mirror_translate"),
+        (work, ["--ckpt_path", best, "--data.val_size", "many"], "data.val_size"),
+    ]
+    capsys.readouterr()
+    for root, args, message in cases:
+        status = _evaluate(root, *args)
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    noisy_folder(tmp_path / "no_test" / "data", {"train": 3})
+    status = _evaluate(tmp_path / "no_test", "--ckpt_path", best, "--data.val_size", "6")
+    err = capsys.readouterr().err
+    assert status == 2 and "has no test split (it has train, val)" in err, err
