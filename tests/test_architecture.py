@@ -14,7 +14,12 @@ LAYERS = [
     ("scripts",),
     ("lightning_modules.cli",),
     ("lightning_modules.callbacks",),
-    ("lightning_modules.classifier", "lightning_modules.schedules", "lightning_modules.atomic_checkpoint_io"),
+    (
+        "lightning_modules.classifier",
+        "lightning_modules.schedules",
+        "lightning_modules.atomic_checkpoint_io",
+        "lightning_modules.resumable_csv_logger",
+    ),
     ("lightning_modules.inference",),
     ("lightning_modules.nets",),
     ("datamodules",),

@@ -59,6 +59,10 @@ class RunReport(L.Callback):
         return {"epochs": list(self.epochs.values()), "wall_s": self.elapsed_before + self._since_start()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.epochs:
+            # Testing the best checkpoint of this very run restores callbacks too; what this run has
+            # seen since that checkpoint is newer, so it stays.
+            return
         self.epochs = {int(row["epoch"]): dict(row) for row in state_dict.get("epochs", [])}
         self.elapsed_before = float(state_dict.get("wall_s", 0.0))
 

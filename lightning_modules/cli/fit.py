@@ -35,6 +35,7 @@ from lightning_modules.cli.frame import UsageError, one_line_errors
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
 RUNS_DIR = "runs"
+CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger")
 # The tutorial recipe. configs/tutorial.yaml spells out the same values, with reasons.
 DEFAULTS = {
     "model.net": {"class_path": "lightning_modules.nets.Tudui"},
@@ -136,6 +137,9 @@ class ClassifierCLI(LightningCLI):
                 f"--trainer.check_val_every_n_epoch {every} does not divide --trainer.max_epochs {epochs}, so the last "
                 f"epoch would not be validated and the best checkpoint and test would miss it; use one of {divisors}"
             )
+        logger = trainer.logger
+        if getattr(logger, "class_path", None) in CSV_LOGGERS:
+            logger.class_path = "lightning_modules.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
         callbacks = trainer.callbacks or []
         if trainer.logger in (False, None):
             # LearningRateMonitor refuses to run without a logger; with none there is nothing to record.
