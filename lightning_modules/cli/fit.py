@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -169,17 +170,27 @@ class ClassifierCLI(LightningCLI):
 
 
 @one_line_errors(also=(MisconfigurationException,))  # Lightning's own configuration errors are one line too
-def fit_main(args: list[str] | None = None) -> int:
-    """Entry point of scripts/fit.py: fit, then test the best checkpoint, as the tutorial did."""
+def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resume_hint: bool = True) -> int:
+    """Entry point of scripts/fit.py: fit, then test the best checkpoint, as the tutorial did.
+
+    ``callbacks`` join the configured ones (scripts/sweep.py adds its pruning callback);
+    ``resume_hint`` false leaves the resume command out of the message after Ctrl-C.
+    """
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.callbacks[:0] = callbacks  # before the checkpoint callbacks, which Lightning keeps last
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
-    run_or_report_interruption(trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path))
+    hint = resume_hint
+    run_or_report_interruption(
+        trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path), hint
+    )
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cli.config.test:
         if data.has_test_split:
-            run_or_report_interruption(trainer, lambda: trainer.test(model, datamodule=data, ckpt_path=best or None))
+            run_or_report_interruption(
+                trainer, lambda: trainer.test(model, datamodule=data, ckpt_path=best or None), hint
+            )
         else:
             rank_zero_info(
                 f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
@@ -234,7 +245,7 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
         raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
 
 
-def run_or_report_interruption(trainer: Trainer, run) -> None:
+def run_or_report_interruption(trainer: Trainer, run, resume_hint: bool = True) -> None:
     """Run ``trainer.fit`` or ``trainer.test``; on Ctrl-C or SIGTERM say what was saved and exit 130."""
     try:
         run()
@@ -244,25 +255,29 @@ def run_or_report_interruption(trainer: Trainer, run) -> None:
         # the KeyboardInterrupt into SystemExit(1); SIGTERM arrives as SIGTERMException (exit code 0).
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
-        report_interruption(trainer)
+        report_interruption(trainer, resume_hint)
 
 
-def report_interruption(trainer: Trainer) -> NoReturn:
+def report_interruption(trainer: Trainer, resume_hint: bool = True) -> NoReturn:
     last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
     saved = last.best_model_path if last is not None and last.best_model_path else None
     if trainer.is_global_zero:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv] if a)
         if trainer.state.fn == "test":
-            what = "Interrupted while testing; training had finished and its checkpoints are complete. Test again with"
+            what = "Interrupted while testing; training had finished and its checkpoints are complete"
+            then = "Test again with"
         elif last is not None and last.kept_previous:
             what = (
                 f"Interrupted while validating epoch {trainer.current_epoch}; {saved or 'no checkpoint'} holds the "
-                "epoch before, so resuming trains and validates this epoch again. Resume with"
+                "epoch before, so resuming trains and validates this epoch again"
             )
+            then = "Resume with"
         else:
             where = f"saved {saved}" if saved else "nothing new to save"
-            what = f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {where}. Resume with"
-        print(f"{what}: {command} --ckpt_path last", file=sys.stderr)
+            what = f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: {where}"
+            then = "Resume with"
+        hint = f". {then}: {command} --ckpt_path last" if resume_hint else ""
+        print(what + hint, file=sys.stderr)
     sys.exit(130)
 
 

@@ -1,0 +1,12 @@
+"""Search fit.py's options with Optuna, or run one recipe over several seeds.
+
+python scripts/sweep.py --space configs/sweeps/fast_cpu_lr.yaml --config configs/fast_cpu.yaml --n_trials 12
+python scripts/sweep.py --config configs/fast_cpu.yaml --seeds 3       # mean +- sd of val/test accuracy
+"""
+
+import sys
+
+from lightning_modules.cli.sweep import sweep_main
+
+if __name__ == "__main__":
+    sys.exit(sweep_main())
