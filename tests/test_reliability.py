@@ -172,22 +172,32 @@ RECIPE = [
     "--data.data_dir", "data", "--data.val_size", "10", "--data.batch_size", "8",
     # Shuffling and augmentation draw random numbers, so an exact resume must restore the RNG; momentum
     # and a schedule, so it must restore the optimiser's buffers and the scheduler's position too.
-    "--data.crop_padding", "2", "--data.flip", "true", "--optimizer.momentum", "0.9",
+    "--data.crop_padding", "2", "--data.flip", "true",
     "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5",
     "--test", "false", *QUIET,
 ]  # fmt: skip
 
 
-def test_same_seed_same_run_and_exact_resume(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        ["--optimizer.momentum", "0.9"],
+        # Both parts of the hybrid keep momentum buffers; the filters' go through Newton-Schulz.
+        ["--optimizer", "MuonSGD", "--optimizer.lr", "0.01", "--optimizer.muon_lr", "0.05"],
+    ],
+    ids=["SGD", "MuonSGD"],
+)
+def test_same_seed_same_run_and_exact_resume(tmp_path, monkeypatch, optimizer):
     monkeypatch.chdir(tmp_path)
     make_image_folder(tmp_path / "data", {"train": 10})
+    recipe = [*RECIPE, *optimizer]
     runs = {}
     for name in ("a", "b"):  # two identical uninterrupted runs of 2 epochs
-        assert fit_main([*RECIPE, "--trainer.max_epochs", "2", "--trainer.logger.name", name]) == 0
+        assert fit_main([*recipe, "--trainer.max_epochs", "2", "--trainer.logger.name", name]) == 0
         runs[name] = tmp_path / "runs" / name / "version_0"
     # The same run stopped after epoch 1 and resumed for epoch 2.
     for extra in (["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", "last"]):
-        assert fit_main([*RECIPE, *extra, "--trainer.logger.name", "c"]) == 0
+        assert fit_main([*recipe, *extra, "--trainer.logger.name", "c"]) == 0
     runs["c"] = tmp_path / "runs" / "c" / "version_0"
 
     final = {name: torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for name, run in runs.items()}

@@ -33,6 +33,7 @@ from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
 RUNS_DIR = "runs"
