@@ -42,7 +42,7 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert figures["overhead"]["time_ratio_fit_vs_plain"] > 0
     assert "overhead: fit path / plain loop" in result.stdout
     bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
-    assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy" in bad.stderr
+    assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy, seeds" in bad.stderr
     bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: val_size must be")
     assert "Traceback" not in bad.stderr
@@ -62,3 +62,22 @@ def test_overhead_parts_run_a_fast_recipe(tmp_path, monkeypatch, precision):
     extra = ["--data.val_size", "6", "--data.batch_size", "8", "--trainer.precision", precision]
     for run in (benchmark.plain_loop_same_path, benchmark.fit_path):
         assert run("data", extra, tmp_path, 1, 2, "cpu", recipe) > 0
+
+
+@pytest.mark.slow
+def test_seeds_part_runs_the_user_path_per_seed_and_predict_agrees(tmp_path):
+    make_image_folder(tmp_path / "data", {"train": 12, "test": 4})
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  max_epochs: 1\n  enable_model_summary: false\ndata:\n  batch_size: 8\n")
+    result = run_script(
+        "bench/train_speed.py", "--data_dir", "data", "--only", "seeds", "--seeds", "2", "--steps", "2",
+        "--val_size", "6", "--recipe", f"{REPO / 'configs' / 'tutorial.yaml'},{short}",
+        "--predict_dir", str(tmp_path / "data" / "test"), "--json", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "out.json").read_text())["seeds"]
+    assert [r["seed"] for r in figures["runs"]] == [0, 1]
+    for run in figures["runs"]:
+        assert run["predict_acc"] == pytest.approx(run["test_acc"])  # the user's path scores what the fit tested
+        assert run["te"] > 0 and run["wall_s"] > 0
+    assert "val/acc (%)" in result.stdout and " ± " in result.stdout and "TE" in result.stdout

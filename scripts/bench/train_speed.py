@@ -1,7 +1,8 @@
 """How fast is training here, and what does Lightning cost? Side by side, in one run, on the same data.
 
-python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg            # all three parts
-python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg --only throughput,overhead
+python scripts/bench/train_speed.py --data_dir data                             # all three parts
+python scripts/bench/train_speed.py --data_dir data --only throughput,overhead
+python scripts/bench/train_speed.py --data_dir data --only seeds --seeds 3 --recipe configs/fast_cpu.yaml
 
   throughput        training images/s with the tutorial network (Tudui, batch 64, plain SGD):
                     a loop written the way the tutorial writes it (torchvision-style dataset that
@@ -15,6 +16,12 @@ python scripts/benchmark.py --data_dir ../shared/data/cifar10-jpeg --only throug
                     (default: the tutorial's, with channels-last); e.g. configs/fast.yaml on a GPU.
   time_to_accuracy  wall time from launching scripts/fit.py with a recipe to its first validation
                     at or above --target (the data cache already built).
+  seeds             the recipe (--recipe, comma-separated files are passed as repeated --config)
+                    launched as a user would, once per seed (--seeds N: 0..N-1), each timed from
+                    launch to exit, in tutorial epochs (TE) too: the time the tutorial's own loop
+                    takes for 50,000 images, measured before and after the runs. Prints mean ± sd of
+                    val and test accuracy; with --predict_dir, predict.py's accuracy on that
+                    labelled folder with each run's best checkpoint as well.
 
 Runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine drifts. Prints a
 table and writes the figures as JSON (--json).
@@ -76,8 +83,9 @@ def now() -> float:
 
 
 def timed_steps(batches, step, warmup: int, steps: int, batch_size: int) -> float:
-    """Images/s of ``step`` over ``steps`` batches after ``warmup`` (data loading included)."""
-    iterator = iter(batches)
+    """Images/s of ``step`` over ``steps`` batches after ``warmup`` (data loading included); the
+    batches start over when they run out (a small data set)."""
+    iterator = (batch for _ in itertools.count() for batch in batches)
     for _ in range(warmup):
         step(next(iterator))
     start = now()
@@ -254,6 +262,56 @@ def time_to_accuracy(data_dir: str, recipe: str, target: float, extra: list[str]
     }
 
 
+def tutorial_epoch_s(split, device: torch.device, steps: int) -> float:
+    """Seconds the tutorial's loop takes for 50,000 images here and now, from its rate over ``steps`` batches."""
+    return 50_000 / tutorial_loop(split, device, warmup=min(10, steps), steps=steps)
+
+
+def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], tmp: Path, predict_dir) -> list[dict]:
+    """Each seed as a user runs it: scripts/fit.py in its own process, timed from launch to exit."""
+    # The processes run in ``tmp``, so every path they get is absolute.
+    data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
+    predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
+    runs = []
+    for seed in range(seeds):
+        save_dir = tmp / f"seed_{seed}"
+        command = [
+            sys.executable, str(ROOT / "scripts" / "fit.py"), *[a for r in recipes for a in ("--config", r)],
+            "--data.data_dir", data_dir, "--seed_everything", str(seed),
+            "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
+        ]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"error: seed {seed} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+        (report_file,) = save_dir.glob("*/version_*/report.json")
+        report = json.loads(report_file.read_text())
+        run = {
+            "seed": seed,
+            "wall_s": round(seconds, 1),
+            "val_acc": report["best_val_acc"],
+            "test_acc": (report.get("test") or {}).get("test/acc"),
+        }
+        if predict_dir:
+            predicted = subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "predict.py"), "--ckpt_path", report["best_checkpoint"],
+                 str(predict_dir)], capture_output=True, text=True, cwd=tmp,
+            )  # fmt: skip
+            match = re.search(r"accuracy [\d.]+% \((\d+)/(\d+),", predicted.stderr)
+            run["predict_acc"] = int(match.group(1)) / int(match.group(2)) if match else None
+        print(f"  seed {seed}: {run}", flush=True)
+        runs.append(run)
+    return runs
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    values = [scale * v for v in values if v is not None]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def median_rates(runs: dict, repeats: int) -> dict[str, float]:
     """Each named runner ``repeats`` times, interleaved; the median images/s of each."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -277,11 +335,16 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (all parts run on the same one)")
     parser.add_argument("--json", default="benchmark.json", help="where the figures go")
     parser.add_argument("--val_size", type=int, default=5000, help="images of train held out, as in the recipes")
+    parser.add_argument("--seeds", type=int, default=3, help="runs of the recipe for the seeds part (seeds 0..N-1)")
+    parser.add_argument("--predict_dir", help="seeds part: a labelled folder (<class>/*) for predict.py's accuracy")
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"throughput", "overhead", "time_to_accuracy"}
+    known = ("throughput", "overhead", "time_to_accuracy", "seeds")
+    unknown = parts - set(known)
     if unknown:
-        parser.error(f"--only: unknown parts {sorted(unknown)}; choose from throughput, overhead, time_to_accuracy")
+        parser.error(f"--only: unknown parts {sorted(unknown)}; choose from {', '.join(known)}")
+    if args.seeds < 1:
+        parser.error("--seeds must be a positive integer")
     from lightning.pytorch.utilities import disable_possible_user_warnings
 
     disable_possible_user_warnings()
@@ -309,7 +372,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         common = (tmp, args.warmup, args.steps, args.accelerator)
         same_split = ["--data.val_size", str(args.val_size)]
-        if parts & {"throughput", "overhead"}:
+        if parts & {"throughput", "overhead", "seeds"}:
             from datamodules import CIFAR10DataModule
 
             data = CIFAR10DataModule(data_dir=args.data_dir, download=False, val_size=args.val_size)
@@ -374,6 +437,30 @@ def main() -> None:
                     f"final val/acc {found['final_val_acc']:.4f} after {found['total_s']:.0f} s",
                 )
             )
+        if "seeds" in parts:
+            recipes = [r for r in args.recipe.split(",") if r]
+            print(f"seeds: {' + '.join(Path(r).name for r in recipes)}, {args.seeds} runs", flush=True)
+            te_before = tutorial_epoch_s(split, device, args.steps)
+            runs = seed_runs(args.data_dir, recipes, args.seeds, [*same_split, "--trainer.accelerator",
+                             args.accelerator], tmp, args.predict_dir)  # fmt: skip
+            te_after = tutorial_epoch_s(split, device, args.steps)
+            te = (te_before + te_after) / 2
+            for run in runs:
+                run["te"] = round(run["wall_s"] / te, 2)
+            results["seeds"] = {"recipes": recipes, "tutorial_epoch_s": [round(te_before, 1), round(te_after, 1)],
+                                "runs": runs}  # fmt: skip
+            name = " + ".join(Path(r).name for r in recipes)
+            rows.append((f"seeds: {name}", f"{len(runs)} runs", f"1 TE = {te:.1f} s ({te_before:.1f} s before, "
+                         f"{te_after:.1f} s after)"))  # fmt: skip
+            rows.append(("  val/acc (%)", mean_sd([r["val_acc"] for r in runs], 100), "mean ± sd"))
+            if any(r["test_acc"] is not None for r in runs):
+                rows.append(("  test/acc (%)", mean_sd([r["test_acc"] for r in runs], 100), "mean ± sd"))
+            if args.predict_dir:
+                rows.append(("  predict.py acc (%)", mean_sd([r.get("predict_acc") for r in runs], 100),
+                             f"on {args.predict_dir}"))  # fmt: skip
+            wall = mean_sd([r["wall_s"] for r in runs], digits=0)
+            tes = mean_sd([r["te"] for r in runs])
+            rows.append(("  wall, launch to exit", f"{wall} s", f"{tes} TE; max {max(r['te'] for r in runs):.2f} TE"))
     print(
         f"\nMachine: {machine['cpu']}, {machine['cpu_threads']} threads, device {machine['device']}, "
         f"torch {machine['torch']}, lightning {machine['lightning']}"
