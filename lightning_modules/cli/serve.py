@@ -133,6 +133,7 @@ class ClassifierAPI(ls.LitAPI):
         self.torch_device = torch.device(device)
         self.model = load_classifier(self.ckpt_path, map_location=self.torch_device, tta=self.tta)
         self.top_k = min(self.requested_top_k, self.model.num_classes)
+        print(f"Serving {self.ckpt_path} on {self.torch_device} (tta {self.model.tta})", flush=True)
 
     def decode_request(self, request) -> torch.Tensor:
         encoded = request.get(IMAGE_FIELD) if isinstance(request, dict) else None
