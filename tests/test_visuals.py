@@ -109,6 +109,8 @@ def test_run_report_files(run):
         assert key in report, key
     assert len(report["epochs"]) == 2 and {"val/acc", "train/acc", "wall_s"} <= set(report["epochs"][0])
     assert report["epochs"][1]["wall_s"] > report["epochs"][0]["wall_s"]
+    # Training steps only: less than the time to the last validation, which also holds start-up and validations.
+    assert 0 < report["train_seconds"] < report["epochs"][1]["wall_s"]
     assert set(report["test"]["per_class"]) == set(NAMES)
     assert set(report["test"]["per_class"]["cat"]) == {"acc", "precision", "recall", "f1"}
     matrix = report["confusion_matrix"]["matrix"]

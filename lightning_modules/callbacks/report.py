@@ -48,6 +48,8 @@ class RunReport(L.Callback):
         self.print_per_class = print_per_class
         self.start = time.perf_counter()
         self.elapsed_before = 0.0  # wall seconds of the run before a resume
+        self.train_s = 0.0  # seconds spent in training steps (no start-up, no validation), GPU-synchronised
+        self._train_mark: float | None = None
         self.epochs: dict[int, dict[str, Any]] = {}
         self.test: dict[str, Any] | None = None
         self.confusion: dict[str, Any] | None = None
@@ -56,7 +58,11 @@ class RunReport(L.Callback):
         self.counter = ConfusionCounter()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs.values()), "wall_s": self.elapsed_before + self._since_start()}
+        return {
+            "epochs": list(self.epochs.values()),
+            "wall_s": self.elapsed_before + self._since_start(),
+            "train_s": self.train_s,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.epochs:
@@ -65,6 +71,7 @@ class RunReport(L.Callback):
             return
         self.epochs = {int(row["epoch"]): dict(row) for row in state_dict.get("epochs", [])}
         self.elapsed_before = float(state_dict.get("wall_s", 0.0))
+        self.train_s = float(state_dict.get("train_s", 0.0))
 
     def _since_start(self) -> float:
         return time.perf_counter() - self.start
@@ -78,6 +85,28 @@ class RunReport(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
 
+    @staticmethod
+    def _synced_now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # once per epoch: queued GPU work counts where it ran
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._train_mark = self._synced_now(pl_module)
+        self._add_train_metrics(trainer, trainer.current_epoch - 1)
+
+    def _stop_training_clock(self, pl_module) -> None:
+        if self._train_mark is not None:
+            self.train_s += self._synced_now(pl_module) - self._train_mark
+            self._train_mark = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop_training_clock(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_training_clock(pl_module)  # epochs without validation
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -87,9 +116,6 @@ class RunReport(L.Callback):
 
     # The module logs train/* in its own on_train_epoch_end, which runs after the callbacks', so a
     # finished epoch's train metrics are read at the next epoch's start, or at the end of fitting.
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._add_train_metrics(trainer, trainer.current_epoch - 1)
-
     def _add_train_metrics(self, trainer, epoch: int) -> None:
         if epoch in self.epochs:
             self.epochs[epoch].update(_floats(trainer.callback_metrics, TRAIN_METRICS))
@@ -157,6 +183,7 @@ class RunReport(L.Callback):
             "class_names": self.class_names,
             "confusion_matrix": self.confusion,
             "wall_time_s": round(self.elapsed_before + self._since_start(), 3),
+            "train_seconds": round(self.train_s, 3),
             "train_images_per_s": round(sum(rates) / len(rates), 1) if rates else None,
             "versions": {
                 "python": platform.python_version(),
@@ -199,6 +226,7 @@ def to_markdown(report: dict, figure_name: str | None) -> str:
         f"| best val/acc | {_pct(report['best_val_acc'])} |",
         f"| test/acc | {_pct((report['test'] or {}).get('test/acc'))} |",
         f"| wall time | {report['wall_time_s']:.1f} s |",
+        f"| training steps | {report['train_seconds']:.1f} s (without start-up and validation) |",
         f"| training images/s | {report['train_images_per_s']} |",
         f"| device | {report['device']} |",
         f"| versions | {', '.join(f'{k} {v}' for k, v in report['versions'].items())} |",
