@@ -278,12 +278,11 @@ def finished(study) -> list:
     return study.get_trials(deepcopy=False, states=states)
 
 
-def mean_sd(values: list[float], digits: int = 2) -> str:
-    """``mean ± sd`` (sample standard deviation), or the one value."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
+def mean_sd(values: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± sd`` (sample standard deviation) of the values times ``scale``, missing ones left out."""
+    values = [scale * v for v in values if v is not None]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
@@ -312,9 +311,9 @@ def report(study, plan: dict[str, Any]) -> None:
     tests = [t.user_attrs["test_acc"] for t in complete if "test_acc" in t.user_attrs]
     walls = [t.user_attrs["wall_s"] for t in complete if "wall_s" in t.user_attrs]
     print(
-        f"{len(complete)} complete trials: val/acc {mean_sd([100 * v for v in vals])}%"
-        + (f", test/acc {mean_sd([100 * v for v in tests])}%" if tests else "")
-        + (f", {mean_sd(walls, 0)} s per trial" if walls else "")
+        f"{len(complete)} complete trials: val/acc {mean_sd(vals, 100)}%"
+        + (f", test/acc {mean_sd(tests, 100)}%" if tests else "")
+        + (f", {mean_sd(walls, digits=0)} s per trial" if walls else "")
     )
     if plan["seeds"]:
         return  # repeats of one recipe: there is no best configuration to keep

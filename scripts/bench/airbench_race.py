@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from datamodules import CIFAR10DataModule  # noqa: E402
+from lightning_modules.cli.sweep import mean_sd  # noqa: E402
 
 # Each script's loop over runs, and what to put instead to run fewer.
 RUN_LOOPS = {"airbench94": "range(25)", "airbench94_muon": "range(200)"}
@@ -110,13 +111,6 @@ def run_ours(recipes: list[str], data_dir: str, runs: int, extra: list[str], wor
         train_s.append(report["train_seconds"])
         print(f"  ours seed {seed}: acc {accs[-1]:.4f}, train {train_s[-1]:.2f} s, wall {walls[-1]:.1f} s", flush=True)
     return {"accs": accs, "train_s": train_s, "wall_s": statistics.mean(walls)}
-
-
-def mean_sd(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    values = [scale * v for v in values]
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(results: dict[str, dict]) -> str:

@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lightning_modules.cli.fit import ClassifierCLI  # noqa: E402
+from lightning_modules.cli.sweep import mean_sd  # noqa: E402
 from lightning_modules.nets import Tudui  # noqa: E402
 
 
@@ -303,13 +304,6 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
         print(f"  seed {seed}: {run}", flush=True)
         runs.append(run)
     return runs
-
-
-def mean_sd(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    values = [scale * v for v in values if v is not None]
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "-"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def median_rates(runs: dict, repeats: int) -> dict[str, float]:
