@@ -71,7 +71,10 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     assert last["hyper_parameters"]["bias_lr_scale"] == 64.0
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    lrs = [e.value for e in events.Scalars("lr-SGD/pg1")]
+    # MuonSGD's groups: the head (SGD), the filters (Muon), the biases (SGD, 64x).
+    lrs = [e.value for e in events.Scalars("lr-MuonSGD/pg1")]
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # warm-up, then decay
-    assert max(e.value for e in events.Scalars("lr-SGD/pg2")) == pytest.approx(64 * max(lrs))
+    filters = [e.value for e in events.Scalars("lr-MuonSGD/pg2")]
+    assert filters == pytest.approx([lr * 0.08 / 0.375 for lr in lrs])  # one schedule for both parts
+    assert max(e.value for e in events.Scalars("lr-MuonSGD/pg3")) == pytest.approx(64 * max(lrs))
     assert len(events.Scalars("val/acc")) == 1
