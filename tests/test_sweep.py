@@ -109,4 +109,5 @@ def test_bad_search_spaces_are_one_line_errors(work, capsys, space, extra, messa
     status = exit_status(sweep_main, ["--space", "space.yaml", *extra, *TINY])
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (work / "runs" / "sweeps" / "space" / "trials").exists()

@@ -182,15 +182,14 @@ def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), 
     trainer.callbacks[:0] = callbacks  # before the checkpoint callbacks, which Lightning keeps last
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
-    hint = resume_hint
     run_or_report_interruption(
-        trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path), hint
+        trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path), resume_hint
     )
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cli.config.test:
         if data.has_test_split:
             run_or_report_interruption(
-                trainer, lambda: trainer.test(model, datamodule=data, ckpt_path=best or None), hint
+                trainer, lambda: trainer.test(model, datamodule=data, ckpt_path=best or None), resume_hint
             )
         else:
             rank_zero_info(

@@ -20,6 +20,8 @@ The search space is YAML, one entry per fit.py option::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import statistics
 import sys
@@ -70,7 +72,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     try:
         study = optuna.create_study(
             study_name=plan["name"], storage=storage, load_if_exists=True, direction="maximize",
-            sampler=make_sampler(args.sampler, plan["space"], args.seed), pruner=make_pruner(plan["pruner"]),
+            sampler=plan["sampler"], pruner=make_pruner(plan["pruner"]),
         )  # fmt: skip
     except Exception as err:  # a bad URL, an unreachable server, a damaged file
         raise UsageError(f"--storage {storage}: cannot open the study ({str(err).splitlines()[0][:200]})") from None
@@ -110,24 +112,24 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
     if args.seeds is not None:
         space = {"seed_everything": {"type": "categorical", "choices": list(range(args.seeds))}}
         name = args.name or f"{Path(args.config[-1]).stem if args.config else 'tutorial'}_seeds"
-        n_trials, sampler, pruner = args.n_trials or args.seeds, "grid", "none"
+        n_trials, pruner = args.n_trials or args.seeds, "none"
+        built_sampler = make_sampler("grid", space, args.seed)
     else:
         space = read_space(Path(args.space))
         name = args.name or Path(args.space).stem
         n_trials, sampler, pruner = args.n_trials, args.sampler, args.pruner
-        make_sampler(sampler, space, args.seed)  # refuses a grid over ranges
+        built_sampler = make_sampler(sampler, space, args.seed)  # refuses a grid over ranges
         if sampler == "grid":
             n_trials = n_trials or math.prod(len(spec["choices"]) for spec in space.values())
         if n_trials is None and args.timeout is None:
             raise UsageError("say how long to search: --n_trials N, --timeout SECONDS, or both")
         n_trials = n_trials or 10**9
-    args.sampler = sampler
     base = [a for file in args.config for a in ("--config", file)] + fit_args
     check_options(space, base, args.space or "--seeds")
     output_dir = Path(args.output_dir or Path("runs", "sweeps", name))
     return {
         "name": name, "space": space, "base": base, "n_trials": n_trials, "pruner": pruner,
-        "output_dir": output_dir, "seeds": args.seeds is not None,
+        "output_dir": output_dir, "seeds": args.seeds is not None, "sampler": built_sampler,
     }  # fmt: skip
 
 
@@ -166,27 +168,25 @@ EXAMPLE = "optimizer.init_args.lr: {type: float, low: 0.05, high: 1.0, log: true
 
 
 def check_options(space: dict[str, dict], base: list[str], source: str) -> None:
-    """Parse the base configuration once, as fit.py would, and check that every searched key is one of
-    its options and that the first value of each range parses."""
+    """Build fit.py's configuration once, as a trial would, with the first value of each range, so that
+    an unknown option or a value it refuses stops the sweep before any trial."""
     from lightning_modules.cli.fit import ClassifierCLI
 
-    def parse(extra: list[str]):
-        return ClassifierCLI(args=[*base, *extra, "--trainer.logger", "false"]).config
-
+    sample = [a for key, spec in space.items() for a in (f"--{key}", str(first_value(spec)))]
+    said = io.StringIO()
     try:
-        config = parse([])
-    except SystemExit:  # the parser has printed its one-line error
-        raise UsageError("fit.py refused the options above, before any searched value was added") from None
-    for key in space:
-        if key not in config:
-            raise UsageError(
-                f"{source}: {key} is not an option of fit.py; options are dotted paths such as model.label_smoothing, "
-                "optimizer.init_args.lr, data.batch_size, trainer.max_epochs (see scripts/fit.py --print_config)"
-            )
-    try:
-        parse([a for key, spec in space.items() for a in (f"--{key}", str(first_value(spec)))])
+        with contextlib.redirect_stderr(said):  # the parser's own line goes into ours: one line in all
+            ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
     except SystemExit:
-        raise UsageError(f"{source}: fit.py refused the first value of a range (see the line above)") from None
+        reason = said.getvalue().strip().splitlines()[-1].removeprefix("error: ") if said.getvalue().strip() else ""
+        unknown = [key for key in space if "unrecognized" in reason.lower() and f"--{key}" in reason]
+        if unknown:
+            raise UsageError(
+                f"{source}: {unknown[0]} is not an option of fit.py; options are dotted paths such as "
+                "model.label_smoothing, optimizer.init_args.lr, data.batch_size, trainer.max_epochs "
+                "(see scripts/fit.py --print_config)"
+            ) from None
+        raise UsageError(f"{source}: fit.py refused the first value of a range, or its options: {reason}") from None
 
 
 def first_value(spec: dict[str, Any]) -> Any:

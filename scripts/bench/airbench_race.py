@@ -36,6 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+from train_speed import seed_runs  # noqa: E402
+
 from datamodules import CIFAR10DataModule  # noqa: E402
 from lightning_modules.cli.sweep import mean_sd  # noqa: E402
 
@@ -90,27 +94,15 @@ def run_airbench(script: Path, runs: int, work: Path) -> dict:
     return {"accs": [r["acc"] for r in rows], "train_s": [r["seconds"] for r in rows], "wall_s": wall / len(rows)}
 
 
-def run_ours(recipes: list[str], data_dir: str, runs: int, extra: list[str], work: Path, accelerator: str,
-             split: list[str]) -> dict:  # fmt: skip
-    accs, train_s, walls = [], [], []
-    for seed in range(runs):
-        save_dir = work / "ours" / f"seed_{seed}"
-        command = [
-            sys.executable, str(ROOT / "scripts" / "fit.py"), *[a for r in recipes for a in ("--config", r)],
-            "--data.data_dir", data_dir, *split, "--seed_everything", str(seed), "--test", "false",
-            "--trainer.accelerator", accelerator, "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
-        ]  # fmt: skip
-        start = time.perf_counter()
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True)
-        walls.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            raise SystemExit(f"error: fit.py (seed {seed}) exited with {done.returncode}: {done.stderr.strip()[-800:]}")
-        (report_file,) = save_dir.glob("*/version_*/report.json")
-        report = json.loads(report_file.read_text())
-        accs.append(report["epochs"][-1]["val/acc"])  # the last epoch's, as airbench reports its last
-        train_s.append(report["train_seconds"])
-        print(f"  ours seed {seed}: acc {accs[-1]:.4f}, train {train_s[-1]:.2f} s, wall {walls[-1]:.1f} s", flush=True)
-    return {"accs": accs, "train_s": train_s, "wall_s": statistics.mean(walls)}
+def run_ours(recipes: list[str], data_dir: str, runs: int, extra: list[str], work: Path) -> dict:
+    """fit.py once per seed, as train_speed.py's seeds part launches it; airbench reports its last epoch's
+    accuracy, so ours is the last validation's too."""
+    done = seed_runs(data_dir, recipes, runs, ["--test", "false", *extra], work / "ours", predict_dir=None)
+    return {
+        "accs": [r["last_val_acc"] for r in done],
+        "train_s": [r["train_s"] for r in done],
+        "wall_s": statistics.mean(r["wall_s"] for r in done),
+    }
 
 
 def table(results: dict[str, dict]) -> str:
@@ -154,15 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{side}: {args.runs} runs", flush=True)
         if side == "ours":
             recipes = [str(Path(r).resolve()) for r in args.recipe.split(",") if r]
-            split = [
-                "--data.val_size",
-                str(args.val_size),
-                "--data.split_seed",
-                str(args.split_seed),
-            ]  # the exported one
-            results[side] = run_ours(
-                recipes, data_dir, args.runs, shlex.split(args.extra), work, args.accelerator, split
-            )
+            # The split just exported, so both sides see the same images.
+            split = ["--data.val_size", str(args.val_size), "--data.split_seed", str(args.split_seed)]
+            extra = [*split, "--trainer.accelerator", args.accelerator, *shlex.split(args.extra)]
+            results[side] = run_ours(recipes, data_dir, args.runs, extra, work)
         else:
             results[side] = run_airbench(Path(args.airbench_dir) / f"{side}.py", args.runs, work)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -273,6 +273,7 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
     # The processes run in ``tmp``, so every path they get is absolute.
     data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
     predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
+    tmp.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in range(seeds):
         save_dir = tmp / f"seed_{seed}"
@@ -292,6 +293,8 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
             "seed": seed,
             "wall_s": round(seconds, 1),
             "val_acc": report["best_val_acc"],
+            "last_val_acc": report["epochs"][-1]["val/acc"],
+            "train_s": report["train_seconds"],
             "test_acc": (report.get("test") or {}).get("test/acc"),
         }
         if predict_dir:
