@@ -64,9 +64,22 @@ def chance(data: Path) -> float:
     return 1 / len([d for d in (data / "train").iterdir() if d.is_dir()])
 
 
+# The tutorial's recipe (plain SGD at 0.01, a network without activations) stays at chance for its
+# first ~300 steps: on a 4,500-image CIFAR-10 subset, 2 epochs gave 13.2% and 6 gave 25-27% (CPU and H100 alike).
+EPOCHS = {"tutorial.yaml": 6}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_trains_two_epochs_and_tests(recipe, data, tmp_path):
-    extra = ["--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1", "--data.progressive_sizes", "null"]
+def test_every_recipe_learns_and_tests(recipe, data, tmp_path):
+    epochs = str(EPOCHS.get(recipe, 2))
+    extra = [
+        "--trainer.max_epochs",
+        epochs,
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--data.progressive_sizes",
+        "null",
+    ]
     if DRY_RUN:  # bf16 autocast and compile on a CPU would only measure the CPU
         extra += ["--trainer.precision", "32-true", "--model.compile", "false", "--data.batch_size", "64"]
     assert fit_main([*recipe_configs(recipe), *fit_args(data, tmp_path, *extra)]) == 0

@@ -11,7 +11,8 @@
 #
 # Needs torch with CUDA, lightning, torchvision already installed (nothing else is downloaded).
 # Budget: about 8 minutes on one H100, start-up included. GPU_TESTS_ON_CPU=1 dry-runs it on a CPU
-# (with a smaller subset, e.g. PER_CLASS_TRAIN=60 PER_CLASS_TEST=20). Files go to $OUT if set.
+# (with a smaller subset, e.g. PER_CLASS_TRAIN=60 PER_CLASS_TEST=20). GPU_TEST_TIMEOUT caps the tests (s,
+# default 420). Files go to $OUT if set.
 set -euo pipefail
 
 images=${1:?usage: gpu_check.sh IMAGES(folder or .tar) [WHEELS_DIR]}
@@ -34,7 +35,9 @@ EOF
 if [ -n "$missing" ]; then
   echo "missing: $missing"
   if [ -n "$wheels" ]; then
-    python -m pip install -q --no-index --find-links "$wheels" $missing || echo "warning: some could not be installed from $wheels"
+    # --no-deps: the wheels hold the missing packages and their own missing needs; letting pip resolve
+    # against the machine's packages can refuse the whole set over one pin.
+    python -m pip install -q --no-index --no-deps "$wheels"/*.whl || echo "warning: some could not be installed from $wheels"
   else
     echo "warning: no WHEELS_DIR given; tests that need them will fail or skip"
   fi
@@ -68,7 +71,7 @@ echo "subset: $(find "$subset/train" -type l | wc -l) train, $(find "$subset/tes
 echo "== gpu tests"
 cd "$repo"
 set +e
-GPU_TEST_DATA="$subset" XDG_CACHE_HOME="$work/cache" timeout 420 python -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider \
+GPU_TEST_DATA="$subset" XDG_CACHE_HOME="$work/cache" timeout "${GPU_TEST_TIMEOUT:-420}" python -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider \
   -q -rA --durations=0 --junitxml="$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log" | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E " | head -80
 status=${PIPESTATUS[0]}
 set -e

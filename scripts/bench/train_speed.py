@@ -33,6 +33,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import platform
 import re
 import statistics
@@ -274,6 +275,8 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
     data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
     predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
     tmp.mkdir(parents=True, exist_ok=True)
+    # The processes find the project from a plain checkout too (a GPU machine where it is not installed).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     runs = []
     for seed in range(seeds):
         save_dir = tmp / f"seed_{seed}"
@@ -283,7 +286,7 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
             "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
         ]  # fmt: skip
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp, env=env)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"error: seed {seed} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -300,7 +303,7 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
         if predict_dir:
             predicted = subprocess.run(
                 [sys.executable, str(ROOT / "scripts" / "predict.py"), "--ckpt_path", report["best_checkpoint"],
-                 str(predict_dir)], capture_output=True, text=True, cwd=tmp,
+                 str(predict_dir)], capture_output=True, text=True, cwd=tmp, env=env,
             )  # fmt: skip
             match = re.search(r"accuracy [\d.]+% \((\d+)/(\d+),", predicted.stderr)
             run["predict_acc"] = int(match.group(1)) / int(match.group(2)) if match else None
