@@ -200,3 +200,20 @@ def test_tta_averages_the_views_and_only_outside_training():
     assert torch.equal(preds, model(images).argmax(-1))  # training sees the plain view
     shifted = make_model(tta="mirror_translate").eval()
     assert tta_logits(shifted, images, "mirror_translate").shape == (len(images), 3)
+
+
+def test_validation_and_test_score_in_float32_under_mixed_precision():
+    """A bf16-mixed fit reports the accuracy that predict, serve and export (float32) deliver."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    model = ImageClassifier(net, class_names=["a", "b", "c"]).eval()
+    images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
+    targets = torch.randint(0, 3, (64,))
+    with torch.no_grad():
+        fp32_loss = model.criterion(model(images), targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = model.criterion(model(images), targets)
+            out = model.validation_step((images, targets), 0)
+    assert bf16_loss.item() != fp32_loss.item()  # else this test could not tell the two apart
+    assert model.val_loss.compute().item() == pytest.approx(fp32_loss.item(), rel=1e-6)
+    assert torch.equal(out["preds"], model(images).argmax(-1))

@@ -118,3 +118,36 @@ def test_overrides_reach_the_config(tmp_path):
     )
     for expected in expected_lines:
         assert expected in result.stdout
+
+
+X86_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw{}\nbogomips\t: 4000\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        (X86_FLAGS.format(" avx512_bf16"), True),  # AMD Zen 4, Intel Cooper Lake
+        (X86_FLAGS.format(" amx_bf16 amx_tile"), True),  # Intel Sapphire Rapids
+        (X86_FLAGS.format(""), False),  # AVX-512 without bfloat16 (Skylake-SP)
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm (Graviton 3)
+        ("processor\t: 0\nFeatures\t: fp asimd crc32\n", False),
+        ("no flags here", None),
+    ],
+)
+def test_cpu_bfloat16_support_is_read_from_cpuinfo(cpuinfo, native):
+    from lightning_modules.cli.frame import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(cpuinfo) is native
+
+
+def test_bf16_on_a_cpu_without_bfloat16_warns_with_the_fix():
+    from lightning.pytorch import Trainer
+
+    from lightning_modules.cli.fit import warn_slow_cpu_bf16
+
+    bf16 = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="add --trainer.precision 32-true"):
+        assert warn_slow_cpu_bf16(bf16, X86_FLAGS.format(""))
+    assert not warn_slow_cpu_bf16(bf16, X86_FLAGS.format(" avx512_bf16"))
+    fp32 = Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False)
+    assert not warn_slow_cpu_bf16(fp32, X86_FLAGS.format(""))

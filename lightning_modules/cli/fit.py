@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
@@ -32,7 +32,7 @@ from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
-from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors
 from lightning_modules.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
@@ -180,6 +180,7 @@ def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), 
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.callbacks[:0] = callbacks  # before the checkpoint callbacks, which Lightning keeps last
+    warn_slow_cpu_bf16(trainer)
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
     run_or_report_interruption(
@@ -202,6 +203,21 @@ def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), 
             print(f"Best checkpoint: {best} (val/acc {float(trainer.checkpoint_callback.best_model_score):.4f})")
         print(f"Run directory: {log_dir}")
     return 0
+
+
+def warn_slow_cpu_bf16(trainer: Trainer, cpuinfo: str | None = None) -> bool:
+    """One line when a CPU run asks for bfloat16 that this CPU only emulates (slower than float32)."""
+    slow = (
+        trainer.strategy.root_device.type == "cpu"
+        and str(trainer.precision).startswith("bf16")
+        and cpu_has_native_bf16(cpuinfo) is False
+    )
+    if slow:
+        rank_zero_warn(
+            f"--trainer.precision {trainer.precision}: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+            "so it trains slower than float32; add --trainer.precision 32-true"
+        )
+    return slow
 
 
 def check_checkpoint(path: str, model: ImageClassifier) -> None:

