@@ -65,7 +65,8 @@ def chance(data: Path) -> float:
 
 
 # The tutorial's recipe (plain SGD at 0.01, a network without activations) stays at chance for its
-# first ~300 steps: on a 4,500-image CIFAR-10 subset, 2 epochs gave 13.2% and 6 gave 25-27% (CPU and H100 alike).
+# first ~300 steps: on a 4,500-image CIFAR-10 subset, 2 epochs gave 13.2% (on the CPU and on an H100) and
+# 6 gave 25-27% (on the CPU).
 EPOCHS = {"tutorial.yaml": 6}
 
 

@@ -10,6 +10,7 @@ import functools
 import platform
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -78,7 +79,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
         if platform.system() != "Linux":
             return None
         try:
-            cpuinfo = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
     for line in cpuinfo.splitlines():

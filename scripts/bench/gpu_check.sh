@@ -35,9 +35,27 @@ EOF
 if [ -n "$missing" ]; then
   echo "missing: $missing"
   if [ -n "$wheels" ]; then
-    # --no-deps: the wheels hold the missing packages and their own missing needs; letting pip resolve
-    # against the machine's packages can refuse the whole set over one pin.
-    python -m pip install -q --no-index --no-deps "$wheels"/*.whl || echo "warning: some could not be installed from $wheels"
+    # The wheels of packages this machine lacks or has older (the missing ones and their own needs),
+    # with --no-deps: letting pip resolve against the machine's packages can refuse the whole set
+    # over one pin, and a wheel must never downgrade the machine's own copy.
+    absent=$(python - "$wheels" <<'EOF'
+import sys
+from importlib import metadata
+from pathlib import Path
+from packaging.version import Version
+for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
+    name, version = wheel.name.split("-")[:2]
+    try:
+        if Version(metadata.version(name)) >= Version(version):
+            continue
+    except metadata.PackageNotFoundError:
+        pass
+    print(wheel)
+EOF
+)
+    if [ -n "$absent" ]; then
+      python -m pip install -q --no-index --no-deps $absent || echo "warning: some could not be installed from $wheels"
+    fi
   else
     echo "warning: no WHEELS_DIR given; tests that need them will fail or skip"
   fi

@@ -234,6 +234,12 @@ def plain_loop_same_path(
     return timed_steps(loader, step, warmup, steps, data.hparams.batch_size)
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment for fit.py processes: they find the project from a plain checkout too (a GPU
+    machine where it is not installed)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def time_to_accuracy(data_dir: str, recipe: str, target: float, extra: list[str], tmp: Path) -> dict:
     """Launch scripts/fit.py with the recipe; read its per-epoch lines as they come."""
     command = [
@@ -241,7 +247,9 @@ def time_to_accuracy(data_dir: str, recipe: str, target: float, extra: list[str]
         "--trainer.logger.init_args.save_dir", str(tmp), "--test", "false", *extra,
     ]  # fmt: skip
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=checkout_env()
+    )
     history, reached = [], None
     for line in process.stdout:
         match = re.search(r"^epoch (\d+)/\d+ .*val/acc (\d\.\d+)", line)
@@ -275,8 +283,7 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
     data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
     predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
     tmp.mkdir(parents=True, exist_ok=True)
-    # The processes find the project from a plain checkout too (a GPU machine where it is not installed).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = checkout_env()
     runs = []
     for seed in range(seeds):
         save_dir = tmp / f"seed_{seed}"
