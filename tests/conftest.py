@@ -76,6 +76,13 @@ def skip_md5(monkeypatch):
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
 
 
+@pytest.fixture(autouse=True)
+def private_cache_home(tmp_path, monkeypatch):
+    """Decoded-image caches of runs that name no --data.cache_dir go to the test's own folder, never
+    to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

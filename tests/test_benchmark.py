@@ -81,3 +81,26 @@ def test_seeds_part_runs_the_user_path_per_seed_and_predict_agrees(tmp_path):
         assert run["predict_acc"] == pytest.approx(run["test_acc"])  # the user's path scores what the fit tested
         assert run["te"] > 0 and run["wall_s"] > 0
     assert "val/acc (%)" in result.stdout and " ± " in result.stdout and "TE" in result.stdout
+
+
+def test_test_pass_folder_holds_the_validation_images_twice(tmp_path):
+    from datamodules import CIFAR10DataModule
+
+    benchmark = load_benchmark()
+    make_image_folder(tmp_path / "data", {"train": 12}, seed=3)
+    made = benchmark.val_as_test(str(tmp_path / "data"), 7, tmp_path / "work")
+
+    def split(data_dir: str, name: str):
+        data = CIFAR10DataModule(data_dir=data_dir, download=False, val_size=7, cache_dir=str(tmp_path / "cache"))
+        data.prepare_data()
+        data.setup("fit" if name == "val" else "test")
+        return getattr(data, f"{name}_split")
+
+    def pairs(s) -> list:
+        return sorted((bytes(image.numpy()), int(label)) for image, label in zip(s.images, s.labels, strict=True))
+
+    val, test = split(str(tmp_path / "data"), "val"), split(made, "test")
+    assert len(test.labels) == 14
+    assert pairs(test) == sorted(pairs(val) * 2)  # the same images and labels, each twice
+    with pytest.raises(SystemExit, match="needs an image folder with train/ only"):
+        benchmark.val_as_test(made, 7, tmp_path / "again")

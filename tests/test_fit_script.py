@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,46 @@ def test_bf16_on_a_cpu_without_bfloat16_warns_with_the_fix():
     assert not warn_slow_cpu_bf16(bf16, X86_FLAGS.format(" avx512_bf16"))
     fp32 = Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False)
     assert not warn_slow_cpu_bf16(fp32, X86_FLAGS.format(""))
+
+
+# Allocates 16 MiB with malloc, as torch's CPU allocator does for a batch of activations, and reports
+# whether glibc mapped it fresh from the OS, and how much freed memory the heap kept once it was freed.
+MALLOC_PROBE = """
+import ctypes, sys
+from lightning_modules.cli.frame import reuse_freed_memory
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+applied = reuse_freed_memory() if sys.argv[1] == "on" else False
+mapped_before = libc.mallinfo2().hblkhd
+block = libc.malloc(16 << 20)
+ctypes.memset(block, 1, 16 << 20)
+mapped = libc.mallinfo2().hblkhd - mapped_before
+libc.free(ctypes.c_void_p(block))
+print(applied, mapped, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_freed_activations_stay_in_the_heap_for_the_next_step(setting):
+    # A process-wide allocator setting, so each case runs in a fresh interpreter.
+    done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, setting], capture_output=True, text=True, cwd=REPO)
+    applied, mapped, kept = done.stdout.split()
+    if setting == "on":
+        assert applied == "True"
+        assert int(mapped) == 0, "a 16 MiB block was mapped from the OS instead of taken from the heap"
+        assert int(kept) >= 16 << 20, "the freed block went back to the OS"
+    else:  # glibc's default, which the probe must be able to tell apart
+        assert int(mapped) >= 16 << 20
+        assert int(kept) < 16 << 20
+
+
+def test_a_users_own_malloc_settings_are_left_alone(monkeypatch):
+    from lightning_modules.cli.frame import reuse_freed_memory
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert reuse_freed_memory() is False

@@ -28,7 +28,7 @@ from lightning_modules.callbacks import RunReport
 from lightning_modules.callbacks.progress import LineProgress
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.cli.fit import CompactErrorParser
-from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device
+from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device, reuse_freed_memory
 from lightning_modules.inference.model import TTA_MODES, use_channels_last
 
 # Options of the DataModule that only shape training; the image size comes from the checkpoint.
@@ -77,6 +77,7 @@ def evaluate_main(args: list[str] | None = None) -> int:
     if config.tta is not None and config.tta not in TTA_MODES:
         raise UsageError(f"--tta {config.tta}: use one of {', '.join(TTA_MODES)}")
     device = pick_device(config["trainer.accelerator"])
+    reuse_freed_memory()
     loaded = load_classifier(config.ckpt_path, tta=config.tta)
     data_args = {k: v for k, v in vars(config.data).items() if v is not None or k not in HOLD_OUT}
     if config.split == "test" and config.data.val_size is None:

@@ -32,7 +32,7 @@ from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
-from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors
+from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors, reuse_freed_memory
 from lightning_modules.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
@@ -177,6 +177,7 @@ def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), 
     ``callbacks`` join the configured ones (scripts/sweep.py adds its pruning callback);
     ``resume_hint`` false leaves the resume command out of the message after Ctrl-C.
     """
+    reuse_freed_memory()
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.callbacks[:0] = callbacks  # before the checkpoint callbacks, which Lightning keeps last

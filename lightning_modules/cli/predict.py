@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
 from datamodules.image_reader import expand_inputs
-from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device
+from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device, reuse_freed_memory
 from lightning_modules.inference.model import TTA_MODES
 
 OUTPUT_FORMATS = (".json", ".csv")
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @one_line_errors
 def predict_main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()
     return run(build_parser().parse_args(argv))
 
 

@@ -21,7 +21,10 @@ python scripts/bench/train_speed.py --data_dir data --only seeds --seeds 3 --rec
                     launch to exit, in tutorial epochs (TE) too: the time the tutorial's own loop
                     takes for 50,000 images, measured before and after the runs. Prints mean ± sd of
                     val and test accuracy; with --predict_dir, predict.py's accuracy on that
-                    labelled folder with each run's best checkpoint as well.
+                    labelled folder with each run's best checkpoint as well. With --test_pass, data
+                    without a test split gets one of 10,000 images (the validation images twice,
+                    as symlinks), so the time includes a test pass of CIFAR-10's size and the test
+                    accuracy must equal the validation accuracy.
 
 Runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine drifts. Prints a
 table and writes the figures as JSON (--json).
@@ -277,7 +280,42 @@ def tutorial_epoch_s(split, device: torch.device, steps: int) -> float:
     return 50_000 / tutorial_loop(split, device, warmup=min(10, steps), steps=steps)
 
 
-def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], tmp: Path, predict_dir) -> list[dict]:
+def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
+    """A copy of an image-folder dataset (symlinks) whose test split is its validation images twice.
+
+    The runs then pay for a 10,000-image test pass, like a user's run on CIFAR-10, while the test
+    split stays held back; the test accuracy must come out equal to the validation accuracy, which
+    checks that fit's test path scores the same way as its validation."""
+    from datamodules.image_reader import SUFFIXES
+    from datamodules.sources import split_indices
+
+    root = Path(data_dir).resolve()
+    if not (root / "train").is_dir() or (root / "test").exists() or (root / "val").exists():
+        raise SystemExit(f"error: --test_pass needs an image folder with train/ only; {root} is not one")
+    # The order the DataModule gives the training images (sorted by path), so split_indices picks
+    # the same validation images as the runs' default split_seed 0.
+    files = sorted(
+        f"{c.name}/{f.name}"
+        for c in (root / "train").iterdir()
+        if c.is_dir() and not c.name.startswith(".")
+        for f in c.iterdir()
+        if not f.name.startswith(".") and f.suffix.lower() in SUFFIXES
+    )
+    _, val = split_indices(len(files), val_size, seed=0)
+    data = tmp / "data_with_test"
+    data.mkdir(parents=True)
+    (data / "train").symlink_to(root / "train")
+    for i in val.tolist():
+        (data / "test" / files[i]).parent.mkdir(parents=True, exist_ok=True)
+        for copy in ("a", "b"):
+            name = Path(files[i])
+            (data / "test" / name.parent / f"{copy}_{name.name}").symlink_to(root / "train" / files[i])
+    return str(data)
+
+
+def seed_runs(
+    data_dir: str, recipes: list[str], seeds: int, extra: list[str], tmp: Path, predict_dir, runs_dir=None
+) -> list[dict]:
     """Each seed as a user runs it: scripts/fit.py in its own process, timed from launch to exit."""
     # The processes run in ``tmp``, so every path they get is absolute.
     data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
@@ -286,7 +324,7 @@ def seed_runs(data_dir: str, recipes: list[str], seeds: int, extra: list[str], t
     env = checkout_env()
     runs = []
     for seed in range(seeds):
-        save_dir = tmp / f"seed_{seed}"
+        save_dir = (Path(runs_dir).resolve() if runs_dir else tmp) / f"seed_{seed}"
         command = [
             sys.executable, str(ROOT / "scripts" / "fit.py"), *[a for r in recipes for a in ("--config", r)],
             "--data.data_dir", data_dir, "--seed_everything", str(seed),
@@ -344,6 +382,10 @@ def main() -> None:
     parser.add_argument("--val_size", type=int, default=5000, help="images of train held out, as in the recipes")
     parser.add_argument("--seeds", type=int, default=3, help="runs of the recipe for the seeds part (seeds 0..N-1)")
     parser.add_argument("--predict_dir", help="seeds part: a labelled folder (<class>/*) for predict.py's accuracy")
+    parser.add_argument("--runs_dir", help="seeds part: keep each run's directory (checkpoints, report) here")
+    parser.add_argument(
+        "--test_pass", action="store_true", help="seeds part: add a 10,000-image test split (validation twice)"
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     known = ("throughput", "overhead", "time_to_accuracy", "seeds")
@@ -379,10 +421,18 @@ def main() -> None:
         tmp = Path(tmp_name)
         common = (tmp, args.warmup, args.steps, args.accelerator)
         same_split = ["--data.val_size", str(args.val_size)]
+        cache_dir = None
+        if "seeds" in parts and args.test_pass:
+            args.data_dir = val_as_test(args.data_dir, args.val_size, tmp)
+            # Its decoded cache is keyed by this temporary path, so it goes when the folder goes.
+            cache_dir = str(tmp / "cache")
+            same_split += ["--data.cache_dir", cache_dir]
         if parts & {"throughput", "overhead", "seeds"}:
             from datamodules import CIFAR10DataModule
 
-            data = CIFAR10DataModule(data_dir=args.data_dir, download=False, val_size=args.val_size)
+            data = CIFAR10DataModule(
+                data_dir=args.data_dir, download=False, val_size=args.val_size, cache_dir=cache_dir
+            )
             data.prepare_data()
             data.setup("fit")
             split = data.train_split
@@ -449,7 +499,7 @@ def main() -> None:
             print(f"seeds: {' + '.join(Path(r).name for r in recipes)}, {args.seeds} runs", flush=True)
             te_before = tutorial_epoch_s(split, device, args.steps)
             runs = seed_runs(args.data_dir, recipes, args.seeds, [*same_split, "--trainer.accelerator",
-                             args.accelerator], tmp, args.predict_dir)  # fmt: skip
+                             args.accelerator], tmp, args.predict_dir, args.runs_dir)  # fmt: skip
             te_after = tutorial_epoch_s(split, device, args.steps)
             te = (te_before + te_after) / 2
             for run in runs:
