@@ -1,4 +1,4 @@
-"""What every command line shares: one-line errors with exit status 2, and the device choice.
+"""What every command line shares: one-line errors with exit status 2, the device choice, CPU settings.
 
 Exit statuses of every script: 0 done; 1 done in part (some inputs failed, said above); 2 a usage
 or input error, printed as one line ``error: ...`` that says how to fix it; 130 interrupted.
