@@ -102,5 +102,12 @@ def test_test_pass_folder_holds_the_validation_images_twice(tmp_path):
     val, test = split(str(tmp_path / "data"), "val"), split(made, "test")
     assert len(test.labels) == 14
     assert pairs(test) == sorted(pairs(val) * 2)  # the same images and labels, each twice
-    with pytest.raises(SystemExit, match="needs an image folder with train/ only"):
+    with pytest.raises(SystemExit, match="drop --test_pass: data with its own test/ split"):
         benchmark.val_as_test(made, 7, tmp_path / "again")
+
+
+def test_kept_runs_never_mix_with_an_earlier_run(tmp_path):
+    benchmark = load_benchmark()
+    (tmp_path / "runs" / "seed_1" / "fast_cpu").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds an earlier run; give --runs_dir an empty or new folder"):
+        benchmark.seed_runs("data", ["r.yaml"], 2, [], tmp_path / "tmp", None, runs_dir=str(tmp_path / "runs"))

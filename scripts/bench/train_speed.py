@@ -291,7 +291,10 @@ def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
 
     root = Path(data_dir).resolve()
     if not (root / "train").is_dir() or (root / "test").exists() or (root / "val").exists():
-        raise SystemExit(f"error: --test_pass needs an image folder with train/ only; {root} is not one")
+        raise SystemExit(
+            f"error: --test_pass makes a test split for an image folder that has only train/; {root} is not "
+            "one (drop --test_pass: data with its own test/ split is timed with it as it is)"
+        )
     # The order the DataModule gives the training images (sorted by path), so split_indices picks
     # the same validation images as the runs' default split_seed 0.
     files = sorted(
@@ -302,6 +305,10 @@ def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
         if not f.name.startswith(".") and f.suffix.lower() in SUFFIXES
     )
     _, val = split_indices(len(files), val_size, seed=0)
+    classes = {f.split("/")[0] for f in files}
+    missing = classes - {files[i].split("/")[0] for i in val.tolist()}
+    if missing:  # fit would refuse a test split without every class folder
+        raise SystemExit(f"error: --test_pass: no validation image of {', '.join(sorted(missing))}; raise --val_size")
     data = tmp / "data_with_test"
     data.mkdir(parents=True)
     (data / "train").symlink_to(root / "train")
@@ -322,6 +329,10 @@ def seed_runs(
     predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
     tmp.mkdir(parents=True, exist_ok=True)
     env = checkout_env()
+    for seed in range(seeds):  # each seed's report is found by its folder, so it must start empty
+        earlier = Path(runs_dir or tmp) / f"seed_{seed}"
+        if earlier.exists() and any(earlier.iterdir()):
+            raise SystemExit(f"error: {earlier} holds an earlier run; give --runs_dir an empty or new folder")
     runs = []
     for seed in range(seeds):
         save_dir = (Path(runs_dir).resolve() if runs_dir else tmp) / f"seed_{seed}"
