@@ -204,8 +204,9 @@ def _class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, int]]]]:
-    """Classes, and per split a list of (relative path, label, size, mtime_ns) in a stable order."""
+def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, int]]]]:
+    """Classes, and per split a list of (relative path, label, size, mtime_ns) in a stable order:
+    the order in which the DataModule indexes a split's images (its validation split included)."""
     classes = _class_folders(root / "train")
     files: dict[str, list[tuple[str, int, int, int]]] = {}
     for split in SPLITS:
@@ -255,7 +256,7 @@ def _cache_path(root: Path, cache_dir: Path, image_size: int, files) -> tuple[Pa
 
 
 def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_bad_images: bool) -> SourceData:
-    classes, files = _scan(root)
+    classes, files = scan_folder(root)
     path, prefix = _cache_path(root, cache_dir, image_size, files)
     blob = _UNWRITTEN.get(path)  # decoded earlier in this process, but the cache could not be written
     if blob is None and path.is_file():

@@ -286,37 +286,30 @@ def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
     The runs then pay for a 10,000-image test pass, like a user's run on CIFAR-10, while the test
     split stays held back; the test accuracy must come out equal to the validation accuracy, which
     checks that fit's test path scores the same way as its validation."""
-    from datamodules.image_reader import SUFFIXES
-    from datamodules.sources import split_indices
+    from datamodules.sources import scan_folder, split_indices
 
     root = Path(data_dir).resolve()
-    if not (root / "train").is_dir() or (root / "test").exists() or (root / "val").exists():
+    classes, files = scan_folder(root)  # the DataModule's own listing, in its order
+    if set(files) != {"train"}:
         raise SystemExit(
             f"error: --test_pass makes a test split for an image folder that has only train/; {root} is not "
             "one (drop --test_pass: data with its own test/ split is timed with it as it is)"
         )
-    # The order the DataModule gives the training images (sorted by path), so split_indices picks
-    # the same validation images as the runs' default split_seed 0.
-    files = sorted(
-        f"{c.name}/{f.name}"
-        for c in (root / "train").iterdir()
-        if c.is_dir() and not c.name.startswith(".")
-        for f in c.iterdir()
-        if not f.name.startswith(".") and f.suffix.lower() in SUFFIXES
-    )
-    _, val = split_indices(len(files), val_size, seed=0)
-    classes = {f.split("/")[0] for f in files}
-    missing = classes - {files[i].split("/")[0] for i in val.tolist()}
+    train = [Path(rel) for rel, *_ in files["train"]]  # train/<class>/<file>
+    # The runs' default split_seed 0, so these are the images they validate on.
+    _, val = split_indices(len(train), val_size, seed=0)
+    picked = [train[i] for i in val.tolist()]
+    missing = set(classes) - {rel.parent.name for rel in picked}
     if missing:  # fit would refuse a test split without every class folder
         raise SystemExit(f"error: --test_pass: no validation image of {', '.join(sorted(missing))}; raise --val_size")
     data = tmp / "data_with_test"
     data.mkdir(parents=True)
     (data / "train").symlink_to(root / "train")
-    for i in val.tolist():
-        (data / "test" / files[i]).parent.mkdir(parents=True, exist_ok=True)
+    for rel in picked:
+        folder = data / "test" / rel.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
         for copy in ("a", "b"):
-            name = Path(files[i])
-            (data / "test" / name.parent / f"{copy}_{name.name}").symlink_to(root / "train" / files[i])
+            (folder / f"{copy}_{rel.name}").symlink_to(root / rel)
     return str(data)
 
 
@@ -329,13 +322,12 @@ def seed_runs(
     predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
     tmp.mkdir(parents=True, exist_ok=True)
     env = checkout_env()
-    for seed in range(seeds):  # each seed's report is found by its folder, so it must start empty
-        earlier = Path(runs_dir or tmp) / f"seed_{seed}"
-        if earlier.exists() and any(earlier.iterdir()):
-            raise SystemExit(f"error: {earlier} holds an earlier run; give --runs_dir an empty or new folder")
+    save_dirs = [(Path(runs_dir).resolve() if runs_dir else tmp) / f"seed_{seed}" for seed in range(seeds)]
+    for save_dir in save_dirs:  # each seed's report is found by its folder, so it must start empty
+        if save_dir.exists() and any(save_dir.iterdir()):
+            raise SystemExit(f"error: {save_dir} holds an earlier run; give --runs_dir an empty or new folder")
     runs = []
-    for seed in range(seeds):
-        save_dir = (Path(runs_dir).resolve() if runs_dir else tmp) / f"seed_{seed}"
+    for seed, save_dir in enumerate(save_dirs):
         command = [
             sys.executable, str(ROOT / "scripts" / "fit.py"), *[a for r in recipes for a in ("--config", r)],
             "--data.data_dir", data_dir, "--seed_everything", str(seed),
