@@ -19,29 +19,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+from torchmetrics import MaxMetric
 
 from datamodules.sources import CIFAR10_CLASSES
 from lightning_modules.inference.model import TTA_MODES, normalize_uint8, tta_logits
+from lightning_modules.scores import StageScores
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
 STAGES = ("train", "val", "test")
-
-
-def stage_metrics(num_classes: int) -> MetricCollection:
-    """All logged metrics of one stage. Figures and reports build their own confusion matrices from
-    the step outputs (callbacks), so the module keeps nothing for them."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "precision": MulticlassPrecision(num_classes, average="macro"),
-            "recall": MulticlassRecall(num_classes, average="macro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "acc_per_class": MulticlassAccuracy(num_classes, average=None),
-        }
-    )
 
 
 def describe_net(net: nn.Module) -> dict[str, Any]:
@@ -132,22 +118,76 @@ class ImageClassifier(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_metrics = stage_metrics(self.num_classes)
-        self.val_metrics = stage_metrics(self.num_classes)
-        self.test_metrics = stage_metrics(self.num_classes)
-        # Evaluation loss as a metric, weighted by batch size and synced by torchmetrics: under DDP
-        # with shards of unequal size it still equals the single-process mean.
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        # One metric per stage, loss included: accumulated on the device (a step never waits for it),
+        # weighted by batch size and summed across processes, so under DDP with shards of unequal
+        # size it still equals the single-process figure. Logged once per epoch.
+        self.train_metrics = StageScores(self.num_classes)
+        self.val_metrics = StageScores(self.num_classes)
+        self.test_metrics = StageScores(self.num_classes)
         self.val_acc_best = MaxMetric()
         # Lets Lightning print input/output sizes and TensorBoard draw the graph.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = normalize_uint8(images, self.mean, self.std)
+        x = normalize_uint8(images, self.mean, self.std).to(self.compute_dtype)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    # True half precision (--trainer.precision bf16-true or 16-true): Lightning casts the whole module
+    # to the half type before training. As airbench does, BatchNorm stays float32 (its statistics
+    # need the range and its few parameters cost nothing), and so do the normalisation constants,
+    # restored from the hyper-parameters rather than rounded. Validation and test score with the
+    # network in float32 (an exact widening of the half weights), so fit reports what predict,
+    # serve and export deliver; training resumes in the half type afterwards.
+    compute_dtype = torch.float32
+
+    def _weights(self) -> list[Tensor]:
+        """The network's floating-point parameters and buffers outside BatchNorm."""
+        owned = []
+        for module in self.net.modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+                owned += [t for t in tensors if t.is_floating_point()]
+        return owned
+
+    def _cast_weights(self, dtype: torch.dtype) -> None:
+        for tensor in self._weights():
+            tensor.data = tensor.data.to(dtype)  # in place: the optimiser keeps the same parameters
+        self.compute_dtype = dtype
+
+    def _keep_float32_parts(self) -> None:
+        weights = self._weights()
+        self.compute_dtype = weights[0].dtype if weights else torch.float32
+        if self.compute_dtype == torch.float32:
+            return
+        for module in self.net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.float()
+        for name in ("mean", "std"):
+            exact = torch.tensor(self.hparams[name], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            getattr(self, name).data = exact
+        self.val_acc_best.set_dtype(torch.float32)
+
+    def _score_in_float32(self) -> None:
+        self._keep_float32_parts()
+        self._half_dtype = self.compute_dtype
+        if self._half_dtype != torch.float32:
+            self._cast_weights(torch.float32)
+
+    def _back_to_half(self) -> None:
+        half = getattr(self, "_half_dtype", torch.float32)
+        if half != torch.float32 and self.trainer.state.fn == "fit":
+            self._cast_weights(half)
+
+    def on_validation_start(self) -> None:
+        self._score_in_float32()
+
+    def on_validation_end(self) -> None:
+        self._back_to_half()
+
+    def on_test_start(self) -> None:
+        self._score_in_float32()
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:
@@ -168,13 +208,14 @@ class ImageClassifier(L.LightningModule):
         loss = self.criterion(logits, targets)
         return loss, logits.argmax(dim=-1), targets
 
-    def _metrics(self, stage: str) -> MetricCollection:
+    def _metrics(self, stage: str) -> StageScores:
         return getattr(self, f"{stage}_metrics")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, preds, targets = self.shared_step(batch)
-        self.train_metrics.update(preds, targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
+        # No self.log here: a value logged per step is read back to the host for the logger and the
+        # progress bar, which makes the host wait for the device. train/loss is the epoch's mean.
+        self.train_metrics.update(preds, targets, loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -188,8 +229,7 @@ class ImageClassifier(L.LightningModule):
         # float32, so this is the accuracy they deliver (a bf16 validation was 0.14 points off it).
         with torch.autocast(self.device.type, enabled=False):
             loss, preds, targets = self.shared_step(batch)
-        self._metrics(stage).update(preds, targets)
-        getattr(self, f"{stage}_loss").update(loss, weight=len(targets))
+        self._metrics(stage).update(preds, targets, loss)
         # For callbacks (figures, report): they build what they need from these, batch by batch.
         return {"images": batch[0], "preds": preds, "targets": targets}
 
@@ -199,15 +239,11 @@ class ImageClassifier(L.LightningModule):
         metrics.reset()
         per_class = values.pop("acc_per_class")
         logged = {f"{stage}/{name}": value for name, value in values.items()}
-        if stage != "train":
-            loss = getattr(self, f"{stage}_loss")
-            logged[f"{stage}/loss"] = loss.compute()
-            loss.reset()
         logged.update({f"{stage}/acc_per_class/{c}": per_class[i] for i, c in enumerate(self.class_names)})
         for name, value in logged.items():
             # Already synced by torchmetrics, so identical on every process; sync_dist only tells
             # Lightning so (a no-op in one process).
-            self.log(name, value, prog_bar=name in ("val/acc", "val/loss"), sync_dist=True)
+            self.log(name, value, prog_bar=name in ("train/loss", "val/acc", "val/loss"), sync_dist=True)
         return logged
 
     def on_train_epoch_end(self) -> None:
@@ -217,7 +253,6 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:
             # The pre-training sanity check runs a couple of batches: not a real score.
             self.val_metrics.reset()
-            self.val_loss.reset()
             return
         logged = self._log_epoch_metrics("val")
         self.val_acc_best.update(logged["val/acc"])
@@ -233,6 +268,7 @@ class ImageClassifier(L.LightningModule):
             hook(self.current_epoch)
 
     def on_fit_start(self) -> None:
+        self._keep_float32_parts()
         # Networks with a data-dependent first layer (AirbenchNet's whitening) are initialised from
         # the training images of a fresh run; a resumed run keeps the weights it saved.
         init = getattr(self.net, "init_whitening", None)

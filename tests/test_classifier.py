@@ -70,14 +70,15 @@ def test_metrics_match_hand_computed_values():
     # preds [0,1,2,0,1,2] vs targets [0,1,1,0,2,0]:
     # class 0: precision 2/2, recall 2/3; class 1: 1/2, 1/2; class 2: 0/2, 0/1.
     model = make_model()
-    _, preds, targets = model.shared_step(batch())
-    model.val_metrics.update(preds, targets)
+    loss, preds, targets = model.shared_step(batch())
+    model.val_metrics.update(preds, targets, loss)
     values = model.val_metrics.compute()
     assert values["acc"].item() == pytest.approx(3 / 6)
     assert values["precision"].item() == pytest.approx((1 + 1 / 2 + 0) / 3)
     assert values["recall"].item() == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
     assert values["f1"].item() == pytest.approx((0.8 + 0.5 + 0) / 3)
     assert values["acc_per_class"].tolist() == pytest.approx([2 / 3, 1 / 2, 0])
+    assert values["loss"].item() == pytest.approx(loss.item())
     # What the figures and the report compute for themselves from the step outputs agrees.
     counter = ConfusionCounter()
     counter.update(preds[:4], targets[:4], 3)
@@ -215,5 +216,5 @@ def test_validation_and_test_score_in_float32_under_mixed_precision():
             bf16_loss = model.criterion(model(images), targets)
             out = model.validation_step((images, targets), 0)
     assert bf16_loss.item() != fp32_loss.item()  # else this test could not tell the two apart
-    assert model.val_loss.compute().item() == pytest.approx(fp32_loss.item(), rel=1e-6)
+    assert model.val_metrics.compute()["loss"].item() == pytest.approx(fp32_loss.item(), rel=1e-6)
     assert torch.equal(out["preds"], model(images).argmax(-1))

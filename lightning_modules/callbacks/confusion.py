@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_modules.scores import confusion_counts
+
 
 class ConfusionCounter:
     """Counts (true class, predicted class) pairs over an epoch; rows: true, columns: predicted."""
@@ -20,8 +22,7 @@ class ConfusionCounter:
         self.counts = None
 
     def update(self, preds: Tensor, targets: Tensor, num_classes: int) -> None:
-        pairs = targets.detach().to(torch.int64) * num_classes + preds.detach().to(torch.int64)
-        batch = torch.bincount(pairs.flatten(), minlength=num_classes * num_classes).view(num_classes, num_classes)
+        batch = confusion_counts(preds, targets, num_classes)
         self.counts = batch if self.counts is None else self.counts + batch
 
     def compute(self, pl_module, num_classes: int) -> Tensor:
