@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+import torch
 from lightning.pytorch.callbacks import ProgressBar
 
 
@@ -20,7 +21,10 @@ class LineProgress(ProgressBar):
 
     Made for logs: no carriage returns or ANSI codes, so a CI log or ``fit.py > log.txt``
     reads as text. Each line has the epoch, step, loss, validation accuracy, images/s and an
-    estimate of the time left.
+    estimate of the time left. The loss is the epoch's mean so far (one batch's loss jumps),
+    summed on the device from the steps' outputs and read back only when a line prints, so a
+    step never waits for the device. (The module's own ``train/loss`` is logged after the epoch's
+    validation, too late for the line printed when validation ends.)
     """
 
     def __init__(self, every_n_steps: int = 0) -> None:
@@ -29,6 +33,8 @@ class LineProgress(ProgressBar):
         self._enabled = True
         self._fit_start = 0.0
         self._validated_epoch = -1
+        self._loss_sum = None  # step lines: this epoch's summed training loss, on the device
+        self._losses = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -40,11 +46,11 @@ class LineProgress(ProgressBar):
         if self._enabled and self.trainer.is_global_zero:
             print(text, flush=True)
 
-    def _fields(self, with_validation: bool = True) -> str:
+    def _fields(self, keys: tuple[str, ...]) -> str:
+        """The epoch's running training loss, then ``keys`` among the logged metrics."""
         metrics = self.get_metrics(self.trainer, self.trainer.lightning_module)
-        keys = ("train/loss", "val/loss", "val/acc") if with_validation else ("train/loss",)
-        shown = []
-        for key in (*keys, "train/images_per_s"):
+        shown = [f"train/loss {float(self._loss_sum) / self._losses:.4f}"] if self._losses else []
+        for key in keys:
             if key in metrics:
                 value = metrics[key]
                 shown.append(f"{key} {float(value):.0f}" if key.endswith("per_s") else f"{key} {float(value):.4f}")
@@ -54,9 +60,17 @@ class LineProgress(ProgressBar):
         self._fit_start = time.perf_counter()
         self._validated_epoch = -1
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._loss_sum, self._losses = None, 0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._losses += 1
         if self.every_n_steps and (batch_idx + 1) % self.every_n_steps == 0:
-            self._print(f"epoch {trainer.current_epoch} step {trainer.global_step} | {self._fields()}")
+            self._print(f"epoch {trainer.current_epoch} step {trainer.global_step} | {self._fields(())}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -78,4 +92,5 @@ class LineProgress(ProgressBar):
             remaining = max(trainer.max_epochs - epochs_done, 0) * elapsed / epochs_done
             left = f" | {elapsed:.0f} s elapsed, ~{remaining:.0f} s left"
         epoch = f"epoch {trainer.current_epoch}/{trainer.max_epochs}"
-        self._print(f"{epoch} step {trainer.global_step} | {self._fields(with_validation)}{left}")
+        keys = ("val/loss", "val/acc", "train/images_per_s") if with_validation else ("train/images_per_s",)
+        self._print(f"{epoch} step {trainer.global_step} | {self._fields(keys)}{left}")

@@ -1,0 +1,40 @@
+"""LineProgress: plain lines whose training loss is the epoch's running mean, not one batch's."""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules import ImageClassifier
+from lightning_modules.callbacks import LineProgress
+
+
+class Losses(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_step_and_epoch_lines_show_the_running_mean(capsys):
+    torch.manual_seed(0)
+    model = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)), class_names=["a", "b", "c"])
+    images = torch.randint(0, 256, (24, 3, 4, 4), dtype=torch.uint8)
+    data = DataLoader(TensorDataset(images, torch.randint(0, 3, (24,))), batch_size=4)
+    losses = Losses()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[LineProgress(every_n_steps=2), losses], limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, data)
+    out = capsys.readouterr().out
+    step_lines = [float(v) for v in re.findall(r"epoch 0 step \d \| train/loss ([\d.]+)", out)]
+    expected = [sum(losses.losses[:n]) / n for n in (2, 4, 6)]
+    assert step_lines == pytest.approx(expected, abs=1e-4)
+    assert len(set(losses.losses)) > 1  # a last-batch figure would differ from the mean
+    epoch_line = re.search(r"epoch 0/1 step 6 \| train/loss ([\d.]+)", out)
+    assert float(epoch_line.group(1)) == pytest.approx(sum(losses.losses) / 6, abs=1e-4)
