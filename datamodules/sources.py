@@ -6,9 +6,9 @@ Two layouts are understood, chosen from what ``data_dir`` holds:
   into ``data_dir`` when it is absent or empty and downloading is allowed);
 * image folder: ``data_dir/train/<class>/*`` with optional ``val/`` and ``test/`` beside it.
 
-Image folders are decoded once and cached as one ``.pt`` file per tree in a cache directory
-(the data folder may be read-only). The cache key includes every file's path, size and mtime,
-so adding, removing or editing an image rebuilds it.
+Image folders are decoded once and cached as one ``.pt`` file per split in a cache directory
+(the data folder may be read-only), so scoring test/ never decodes train/. A split's cache key
+includes every file's path, size and mtime, so adding, removing or editing an image rebuilds it.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ OFFICIAL_FOLDER = "cifar-10-batches-py"
 SPLITS = ("train", "val", "test")
 # Bump when the cache layout or decoding changes, so old caches are rebuilt, not misread.
 # 3: decoded by the one image reader (image_reader.py), the same as predict and serve; val/test
-# stored in a seeded shuffled order.
-CACHE_FORMAT = 3
+# stored in a seeded shuffled order. 4: one file per split.
+CACHE_FORMAT = 4
 # Seed of the order val/ and test/ folders are stored in: shuffled, so any prefix
 # (--trainer.limit_val_batches) samples every class, and fixed, so every run sees the same order.
 ORDER_SEED = 0
 # A cache writer's temporary file older than this (seconds) was left by a killed process.
 STALE_TEMP_S = 600
-# Decoded trees whose cache could not be written, by cache path: decoded once per process, not twice.
+# Decoded splits whose cache could not be written, by cache path: decoded once per process, not twice.
 _UNWRITTEN: dict[Path, dict] = {}
 # Cache files (path, size, mtime) whose content hash this process has checked.
 _VERIFIED: set[tuple[str, int, int]] = set()
@@ -72,10 +72,21 @@ class Split:
 @dataclass(frozen=True)
 class SourceData:
     classes: list[str]
-    train: Split
-    val: Split | None  # None: the caller splits train
-    test: Split | None  # None: no test split available
+    train: Split | None  # None: not asked for
+    val: Split | None  # None: not asked for, or no val/ folder (the caller splits train)
+    test: Split | None  # None: not asked for, or no test split available
     kind: str  # "official" or "folder"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One scan of an image-folder tree, handed from prepare() to the load() that follows it, so a
+    start stats every file once; the cache it names was checked against these files moments ago."""
+
+    root: Path
+    splits: tuple[str, ...]  # the splits scanned (those present are in files)
+    classes: list[str]
+    files: dict[str, list[tuple[str, int, int, int]]]
 
 
 def detect_layout(data_dir: str | os.PathLike, download: bool) -> str:
@@ -102,6 +113,13 @@ def detect_layout(data_dir: str | os.PathLike, download: bool) -> str:
     )
 
 
+def available_splits(data_dir: str | os.PathLike, download: bool) -> tuple[str, ...]:
+    """The splits ``data_dir`` holds, from its layout alone (no image is read)."""
+    if detect_layout(data_dir, download) == "official":
+        return ("train", "test")
+    return tuple(s for s in SPLITS if s == "train" or (Path(data_dir) / s).is_dir())
+
+
 def discover_classes(data_dir: str | os.PathLike, download: bool) -> list[str]:
     """Class names without decoding any image (cheap enough to call from a constructor)."""
     if detect_layout(data_dir, download) == "official":
@@ -112,33 +130,45 @@ def discover_classes(data_dir: str | os.PathLike, download: bool) -> list[str]:
 def load(
     data_dir: str | os.PathLike,
     *,
+    splits: tuple[str, ...] = SPLITS,
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
     skip_bad_images: bool = False,
     log=print,
+    listing: Listing | None = None,
 ) -> SourceData:
-    """Load every available split of ``data_dir`` as uint8 tensors of ``image_size`` x ``image_size``."""
+    """Load the available ones of ``splits`` as uint8 tensors of ``image_size`` x ``image_size``; no
+    other split is read. ``listing``: what prepare() returned for the same tree, to skip a rescan."""
     if detect_layout(data_dir, download) == "official":
-        return _load_official(Path(data_dir), download, image_size)
-    return _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log, skip_bad_images)
+        return _load_official(Path(data_dir), download, image_size, splits)
+    root = Path(data_dir)
+    if listing is not None and (listing.root != root or not set(splits) <= set(listing.splits)):
+        listing = None
+    cache = Path(cache_dir or default_cache_dir())
+    return _load_folder_cached(root, cache, image_size, log, skip_bad_images, splits, listing)[0]
 
 
 def prepare(
     data_dir: str | os.PathLike,
     *,
+    splits: tuple[str, ...] = SPLITS,
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
     skip_bad_images: bool = False,
     log=print,
-) -> None:
-    """Download or build the cache once (Lightning calls this on one process per node)."""
+) -> Listing | None:
+    """Download, or build the caches of ``splits``, once (Lightning calls this on one process per node).
+
+    For an image folder it returns the scan it made, for load() in the same process to reuse."""
     if detect_layout(data_dir, download) == "official":
-        _official_dataset(Path(data_dir), train=True, download=download)
-        _official_dataset(Path(data_dir), train=False, download=download)
-    else:
-        _load_folder_cached(Path(data_dir), Path(cache_dir or default_cache_dir()), image_size, log, skip_bad_images)
+        for split in ("train", "test"):
+            if split in splits:
+                _official_dataset(Path(data_dir), train=split == "train", download=download)
+        return None
+    cache = Path(cache_dir or default_cache_dir())
+    return _load_folder_cached(Path(data_dir), cache, image_size, log, skip_bad_images, splits, None)[1]
 
 
 def default_cache_dir() -> Path:
@@ -173,14 +203,16 @@ def _official_dataset(root: Path, train: bool, download: bool):
         ) from None
 
 
-def _load_official(root: Path, download: bool, image_size: int) -> SourceData:
+def _load_official(root: Path, download: bool, image_size: int, wanted: tuple[str, ...]) -> SourceData:
     splits = {}
     for name, train in (("train", True), ("test", False)):
+        if name not in wanted:
+            continue  # torchvision reads data_batch_1-5 for train only, test_batch for test only
         ds = _official_dataset(root, train=train, download=download)
         # (N, H, W, C) numpy -> (N, C, H, W) contiguous, the layout convolutions want.
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         splits[name] = Split(resize(images, image_size), torch.tensor(ds.targets, dtype=torch.int64))
-    return SourceData(list(CIFAR10_CLASSES), splits["train"], None, splits["test"], "official")
+    return SourceData(list(CIFAR10_CLASSES), splits.get("train"), None, splits.get("test"), "official")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,14 +236,17 @@ def _class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, int, int]]]]:
-    """Classes, and per split a list of (relative path, label, size, mtime_ns) in a stable order:
-    the order in which the DataModule indexes a split's images (its validation split included)."""
+def scan_folder(
+    root: Path, splits: tuple[str, ...] = SPLITS
+) -> tuple[list[str], dict[str, list[tuple[str, int, int, int]]]]:
+    """Classes (train/'s folders), and per present one of ``splits`` a list of (relative path, label,
+    size, mtime_ns) in a stable order: the order in which the DataModule indexes a split's images
+    (its validation split included)."""
     classes = _class_folders(root / "train")
     files: dict[str, list[tuple[str, int, int, int]]] = {}
     for split in SPLITS:
         split_dir = root / split
-        if not split_dir.is_dir():
+        if split not in splits or not split_dir.is_dir():
             continue
         found = _class_folders(split_dir)
         if found != classes:
@@ -248,39 +283,50 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int, i
     return classes, files
 
 
-def _cache_path(root: Path, cache_dir: Path, image_size: int, files) -> tuple[Path, str]:
+def _cache_path(root: Path, cache_dir: Path, image_size: int, split: str, classes, entries) -> tuple[Path, str, str]:
+    """(cache file, its name's prefix shared by every version of this split, the tree's prefix)."""
     where = hashlib.sha256(f"{root.resolve()}|{image_size}".encode()).hexdigest()[:12]
-    content = hashlib.sha256(json.dumps([CACHE_FORMAT, image_size, files]).encode()).hexdigest()[:16]
-    prefix = f"{root.resolve().name}-{image_size}px-{where}-"
-    return cache_dir / f"{prefix}{content}.pt", prefix
+    content = hashlib.sha256(json.dumps([CACHE_FORMAT, image_size, split, classes, entries]).encode()).hexdigest()[:16]
+    tree = f"{root.resolve().name}-{image_size}px-{where}-"
+    return cache_dir / f"{tree}{split}-{content}.pt", f"{tree}{split}-", tree
 
 
-def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_bad_images: bool) -> SourceData:
-    classes, files = scan_folder(root)
-    path, prefix = _cache_path(root, cache_dir, image_size, files)
-    blob = _UNWRITTEN.get(path)  # decoded earlier in this process, but the cache could not be written
-    if blob is None and path.is_file():
-        try:
-            # mmap: the tensors are paged in as batches touch them, so a warm start is ~instant.
-            blob = torch.load(path, weights_only=True, mmap=True)
-        except Exception as err:  # a damaged cache is rebuilt, never trusted
-            log(f"Cache {path} is unreadable ({err}); rebuilding it")
-        # Hashed once per process and file version: prepare_data and setup both load the cache.
-        if blob is not None and _stamp(path) not in _VERIFIED:
-            if blob.get("digest") != _digest(blob):
-                log(f"Cache {path} does not match its content hash (altered on disk?); rebuilding it")
-                blob = None
+def _load_folder_cached(
+    root: Path,
+    cache_dir: Path,
+    image_size: int,
+    log,
+    skip_bad_images: bool,
+    splits: tuple[str, ...],
+    listing: Listing | None,
+) -> tuple[SourceData, Listing]:
+    if listing is None:
+        listing = Listing(root, tuple(splits), *scan_folder(root, splits))
+    classes, files = listing.classes, {k: v for k, v in listing.files.items() if k in splits}
+    paths = {split: _cache_path(root, cache_dir, image_size, split, classes, files[split]) for split in files}
+    blobs: dict[str, dict] = {}
+    for split, (path, _, _) in paths.items():
+        blob = _UNWRITTEN.get(path)  # decoded earlier in this process, but the cache could not be written
+        if blob is None and path.is_file():
+            blob = _read_cache(path, log)
+        if blob is not None:
+            blobs[split] = blob
+    missing = [split for split in files if split not in blobs]
+    if missing:
+        n = sum(len(files[split]) for split in missing)
+        log(f"Decoding {n:,} images from {root} (once; cached in {cache_dir})")
+        start = time.perf_counter()
+        for split in missing:
+            blob = _decode_split(root, classes, split, files[split], image_size, log, skip_bad_images)
+            blob["digest"] = _digest(blob)
+            path, prefix, tree = paths[split]
+            if _write_cache(path, prefix, tree, blob, log):
+                _VERIFIED.add(_stamp(path))  # its digest was computed from the tensors just written
             else:
-                _VERIFIED.add(_stamp(path))
-    if blob is None:
-        log(f"Decoding {sum(len(v) for v in files.values()):,} images from {root} (once; cached in {cache_dir})")
-        blob = _decode_folder(root, classes, files, image_size, log, skip_bad_images)
-        blob["digest"] = _digest(blob)
-        if _write_cache(path, prefix, blob, log):
-            _VERIFIED.add(_stamp(path))  # its digest was computed from the tensors just written
-        else:
-            _UNWRITTEN[path] = blob
-    skipped = list(blob.get("skipped", []))
+                _UNWRITTEN[path] = blob
+            blobs[split] = blob
+        log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
+    skipped = [rel for split in SPLITS if split in blobs for rel in blobs[split].get("skipped", [])]
     if skipped:
         # The cache remembers unreadable files, so the choice to skip them is made again every run.
         if not skip_bad_images:
@@ -289,37 +335,52 @@ def _load_folder_cached(root: Path, cache_dir: Path, image_size: int, log, skip_
                 "or pass --data.skip_bad_images true"
             )
         log(f"Warning: skipped {len(skipped)} unreadable image(s), e.g. {root / skipped[0]}")
-    return _from_blob(blob)
+
+    def split(name: str) -> Split | None:
+        return Split(blobs[name][f"{name}_images"], blobs[name][f"{name}_labels"]) if name in blobs else None
+
+    return SourceData(list(classes), split("train"), split("val"), split("test"), "folder"), listing
 
 
-def _decode_folder(root: Path, classes, files, image_size: int, log, skip_bad_images: bool) -> dict:
-    n = sum(len(v) for v in files.values())
-    start = time.perf_counter()
+def _read_cache(path: Path, log) -> dict | None:
+    """A cache file's blob, or None (and a note) when it is unreadable or its content hash is wrong."""
+    try:
+        # mmap: the tensors are paged in as batches touch them, so a warm start is ~instant.
+        blob = torch.load(path, weights_only=True, mmap=True)
+    except Exception as err:  # a damaged cache is rebuilt, never trusted
+        log(f"Cache {path} is unreadable ({err}); rebuilding it")
+        return None
+    # Hashed once per process and file version: prepare_data and setup both load the cache.
+    if _stamp(path) not in _VERIFIED:
+        if not isinstance(blob, dict) or blob.get("digest") != _digest(blob):
+            log(f"Cache {path} does not match its content hash (altered on disk?); rebuilding it")
+            return None
+        _VERIFIED.add(_stamp(path))
+    return blob
+
+
+def _decode_split(root: Path, classes, split: str, entries, image_size: int, log, skip_bad_images: bool) -> dict:
+    if split != "train":
+        order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(ORDER_SEED)).tolist()
+        entries = [entries[i] for i in order]
     blob: dict = {"classes": classes, "skipped": []}
-    done = 0
-    for split, entries in files.items():
-        if split != "train":
-            order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(ORDER_SEED)).tolist()
-            entries = [entries[i] for i in order]
-        images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
-        keep = torch.ones(len(entries), dtype=torch.bool)
-        for i, (rel, _, _, _) in enumerate(entries):
-            try:
-                images[i] = read_image(root / rel, image_size)
-            except ImageFileError as err:
-                if not skip_bad_images:
-                    raise DataError(
-                        f"cannot decode image {err}; fix or remove it, or pass --data.skip_bad_images true"
-                    ) from None
-                keep[i] = False
-                blob["skipped"].append(rel)
-            done += 1
-            if done % 10000 == 0:
-                log(f"  decoded {done:,}/{n:,} images")
-        labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
-        blob[f"{split}_images"] = images[keep] if not keep.all() else images
-        blob[f"{split}_labels"] = labels[keep]
-    log(f"Decoded {n:,} images in {time.perf_counter() - start:.1f} s")
+    images = torch.empty((len(entries), 3, image_size, image_size), dtype=torch.uint8)
+    keep = torch.ones(len(entries), dtype=torch.bool)
+    for i, (rel, _, _, _) in enumerate(entries):
+        try:
+            images[i] = read_image(root / rel, image_size)
+        except ImageFileError as err:
+            if not skip_bad_images:
+                raise DataError(
+                    f"cannot decode image {err}; fix or remove it, or pass --data.skip_bad_images true"
+                ) from None
+            keep[i] = False
+            blob["skipped"].append(rel)
+        if (i + 1) % 10000 == 0:
+            log(f"  decoded {i + 1:,}/{len(entries):,} {split} images")
+    labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+    blob[f"{split}_images"] = images[keep] if not keep.all() else images
+    blob[f"{split}_labels"] = labels[keep]
     return blob
 
 
@@ -341,7 +402,7 @@ def _digest(blob: dict) -> str:
     return h.hexdigest()
 
 
-def _write_cache(path: Path, prefix: str, blob: dict, log) -> bool:
+def _write_cache(path: Path, prefix: str, tree: str, blob: dict, log) -> bool:
     """Write the cache atomically; False (and a note) when the folder is not writable."""
     try:
         # A temporary file left by a killed writer (older than any write in progress) is removed.
@@ -353,20 +414,14 @@ def _write_cache(path: Path, prefix: str, blob: dict, log) -> bool:
         for stale in path.parent.glob(f"{prefix}*.pt"):
             if stale != path:
                 stale.unlink(missing_ok=True)
+        # Formats 3 and older kept every split in one file, named without the split: never read now.
+        for old in path.parent.glob(f"{tree}{'?' * 16}.pt"):
+            old.unlink(missing_ok=True)
         return True
     except OSError as err:
         # The data is already decoded in memory; only the next start gets slower.
         log(f"Could not write the image cache {path} ({err.strerror}); set --data.cache_dir to a writable folder")
         return False
-
-
-def _from_blob(blob: dict) -> SourceData:
-    def split(name: str) -> Split | None:
-        if f"{name}_images" not in blob:
-            return None
-        return Split(blob[f"{name}_images"], blob[f"{name}_labels"])
-
-    return SourceData(list(blob["classes"]), split("train"), split("val"), split("test"), "folder")
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:

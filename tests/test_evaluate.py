@@ -84,3 +84,18 @@ def test_evaluate_refuses_mismatches_in_one_line(tta_run, tmp_path, capsys):
     status = _evaluate(tmp_path / "no_test", "--ckpt_path", best, "--data.val_size", "6")
     err = capsys.readouterr().err
     assert status == 2 and "has no test split (it has train, val)" in err, err
+
+
+def test_evaluate_test_split_never_reads_train(tmp_path, checkpoint, capsys):
+    root = make_image_folder(tmp_path / "data", {"train": 2, "test": 3})
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, "--ckpt_path", str(checkpoint), "--output_dir", str(out)) == 0
+    evaluated = json.loads((out / "report.json").read_text())
+    assert sum(map(sum, evaluated["confusion_matrix"]["matrix"])) == 9
+    assert not [p for p in (tmp_path / "cache").glob("*.pt") if "-train-" in p.name]
+    # val is a hold-out of train, so scoring it has to decode train: the bad file is named in one line.
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "--ckpt_path", str(checkpoint), "--split", "val", "--data.val_size", "2") == 2
+    err = capsys.readouterr().err
+    assert "train/dog/broken.png" in err and len(err.splitlines()) == 1, err

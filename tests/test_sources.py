@@ -199,3 +199,50 @@ def test_corrupted_official_batch_is_refused(tmp_path):
     with pytest.raises(DataError) as err:
         sources.load(root, download=False)
     assert "integrity" in one_line(err) and "download again" in one_line(err)
+
+
+def decoded_paths(monkeypatch) -> list[str]:
+    """Records the path of every image decoded from now on, as 'split/class/file'."""
+    seen: list[str] = []
+    read = sources.read_image
+
+    def recording(path, *args, **kwargs):
+        seen.append("/".join(path.parts[-3:]))
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_image", recording)
+    return seen
+
+
+def test_each_split_is_cached_on_its_own(tmp_path, cache_dir, monkeypatch):
+    root = make_image_folder(tmp_path / "d", {"train": 3, "test": 2})
+    before = sources.load(root, cache_dir=cache_dir, log=lambda m: None)
+    (train_cache,) = cache_dir.glob("*-train-*.pt")
+    # A cache of format 3 and older (all splits in one file, no split in its name) is removed.
+    legacy = cache_dir / f"{train_cache.name.rsplit('-', 2)[0]}-{'0' * 16}.pt"
+    legacy.write_bytes(b"old")
+    seen = decoded_paths(monkeypatch)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(root / "train" / "dog" / "0001.png")
+    os.utime(root / "train" / "dog" / "0001.png", ns=(1, 1))
+    after = sources.load(root, cache_dir=cache_dir, log=lambda m: None)
+    # Editing a training image rebuilds train's cache only: test/ is not decoded again.
+    assert seen and all(p.startswith("train/") for p in seen), seen
+    assert (after.train.images[4] == 9).all()
+    assert torch.equal(before.test.images, after.test.images) and torch.equal(before.test.labels, after.test.labels)
+    assert sorted(p.name.split("-")[-2] for p in cache_dir.glob("*.pt")) == ["test", "train"]
+    assert not legacy.exists()
+
+
+def test_only_the_asked_splits_are_read(tmp_path, cache_dir, monkeypatch, skip_md5):
+    root = make_image_folder(tmp_path / "d", {"train": 3, "val": 1, "test": 2})
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not an image")
+    seen = decoded_paths(monkeypatch)
+    data = sources.load(root, splits=("test",), cache_dir=cache_dir, log=lambda m: None)
+    assert data.train is None and data.val is None and len(data.test) == 6
+    assert len(seen) == 6 and all(p.startswith("test/") for p in seen)
+    assert sources.available_splits(root, download=False) == ("train", "val", "test")
+    # Official files: scoring test reads test_batch only.
+    official = make_official_batches(tmp_path / "off", test=5)
+    (official / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"garbage")
+    data = sources.load(official, splits=("test",), download=False)
+    assert data.train is None and len(data.test) == 5

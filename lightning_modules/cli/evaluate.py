@@ -80,9 +80,6 @@ def evaluate_main(args: list[str] | None = None) -> int:
     reuse_freed_memory()
     loaded = load_classifier(config.ckpt_path, tta=config.tta)
     data_args = {k: v for k, v in vars(config.data).items() if v is not None or k not in HOLD_OUT}
-    if config.split == "test" and config.data.val_size is None:
-        # The hold-out does not change the test split; one image keeps a small train/ folder valid.
-        data_args["val_size"] = 1
     data = CIFAR10DataModule(**{**hold_out_of(config.ckpt_path), **data_args}, image_size=loaded.image_size)
     if data.classes != loaded.class_names:
         raise UsageError(
@@ -98,9 +95,9 @@ def evaluate_main(args: list[str] | None = None) -> int:
         tta=loaded.tta,
         channels_last=use_channels_last(device),  # the layout predict.py uses there, for the same logits
     )
-    data.setup()
-    if getattr(data, f"{config.split}_split") is None:
-        present = [s for s in SPLITS if getattr(data, f"{s}_split") is not None]
+    # Only test can be missing: val is at least the hold-out of train.
+    if config.split == "test" and not data.has_test_split:
+        present = [s for s in SPLITS if s != "test"]
         raise UsageError(
             f"--split {config.split}: {config.data.data_dir} has no {config.split} split (it has "
             f"{', '.join(present)}); add {config.split}/<class>/ images there or pick another --split"
