@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from datamodules import augment, sources
+from datamodules.device_batches import DeviceBatches
 from datamodules.sources import DataError, Split
 from datamodules.tensor_batches import TensorBatches, keep_batch
 
@@ -47,7 +48,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             shrunk (bilinear, antialiased); validation and test always see ``image_size``. A step at
             16 px costs about a quarter of one at 32 px, and small early epochs still teach the
             coarse features, so a short CPU run gets more epochs into the same minutes.
-        num_workers: DataLoader worker processes. 0 is right here: a batch is one tensor index.
+        num_workers: DataLoader worker processes for validation and test (training batches are cut on
+            the device). 0 is right here: a batch is one tensor index.
         skip_bad_images: leave out image files that cannot be decoded (with a warning and a
             count) instead of stopping at the first one.
     """
@@ -91,6 +93,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.val_split: Split | None = None
         self.test_split: Split | None = None
         self.first_flips: Tensor | None = None  # alternate_flip: which images are mirrored in epoch 0
+        self.shuffle_seed = 0  # the training seed at setup: with the epoch, it orders each epoch
 
     @property
     def num_classes(self) -> int:
@@ -105,9 +108,24 @@ class CIFAR10DataModule(L.LightningDataModule):
         sizes = self.hparams.progressive_sizes
         return sizes[min(epoch, len(sizes) - 1)] if sizes else self.image_size
 
-    def _source_kwargs(self) -> dict:
+    def _source_kwargs(self, stage: str | None = None) -> dict:
+        """Options of sources.prepare/load, with the source splits that ``stage`` (a Lightning stage, or
+        one split name from eval_dataloader) needs and that are not loaded yet: scoring test/ never reads
+        train/, while fit reads every split, test included for the test after training."""
         hp = self.hparams
+        present = sources.available_splits(hp.data_dir, hp.download)
+        # Lightning's stages are str enums ("test" == TrainerFn.TESTING): compare, keep our own names.
+        wanted = ("val",) if stage == "validate" else tuple(s for s in SPLITS if s == stage) or SPLITS
+        read = set()
+        for split in wanted:
+            if getattr(self, f"{split}_split") is not None:
+                continue
+            if split in present:
+                read.add(split)
+            elif split == "val":  # without a val/ folder, val is the seeded hold-out of train
+                read.add("train")
         return {
+            "splits": tuple(s for s in SPLITS if s in read),
             "download": hp.download,
             "cache_dir": hp.cache_dir,
             "image_size": hp.image_size,
@@ -116,49 +134,70 @@ class CIFAR10DataModule(L.LightningDataModule):
         }
 
     def prepare_data(self) -> None:
-        sources.prepare(self.hparams.data_dir, **self._source_kwargs())
+        # Lightning passes no stage here; the trainer's state names the one starting (test needs only test/).
+        kwargs = self._source_kwargs(getattr(getattr(self.trainer, "state", None), "fn", None))
+        if kwargs["splits"]:
+            # setup() in this process reuses the scan, so a start stats every file once. Other DDP
+            # processes (prepare_data runs on one per node) scan for themselves.
+            self._listing = sources.prepare(self.hparams.data_dir, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_split is not None:
+        kwargs = self._source_kwargs(stage)
+        if not kwargs["splits"]:
             return
         start = time.perf_counter()
-        data = sources.load(self.hparams.data_dir, **self._source_kwargs())
+        listing, self._listing = getattr(self, "_listing", None), None
+        data = sources.load(self.hparams.data_dir, listing=listing, **kwargs)
         if data.classes != self.classes:
             raise DataError(f"class folders changed while starting up: {self.classes} -> {data.classes}")
+        present = sources.available_splits(self.hparams.data_dir, self.hparams.download)
+        hold_out = data.train is not None and "val" not in present
+        loaded = []
+        if data.train is not None:
+            if hold_out:
+                hp = self.hparams
+                train_idx, val_idx = sources.split_indices(len(data.train), hp.val_size, hp.split_seed)
+                self.train_split = Split(data.train.images[train_idx], data.train.labels[train_idx])
+                self.val_split = Split(data.train.images[val_idx], data.train.labels[val_idx])
+            else:
+                self.train_split = data.train
+            # From the training seed (set before setup), so a rerun or a resumed run flips the same way;
+            # every DDP process draws the same bits, and batches carry global indices.
+            self.shuffle_seed = torch.initial_seed()
+            generator = torch.Generator().manual_seed(self.shuffle_seed)
+            self.first_flips = torch.rand(len(self.train_split), generator=generator) < 0.5
+            loaded.append(f"train {len(self.train_split):,}")
         if data.val is not None:
-            self.train_split, self.val_split = data.train, data.val
-            how = "val/ folder"
-        else:
-            train_idx, val_idx = sources.split_indices(len(data.train), self.hparams.val_size, self.hparams.split_seed)
-            self.train_split = Split(data.train.images[train_idx], data.train.labels[train_idx])
-            self.val_split = Split(data.train.images[val_idx], data.train.labels[val_idx])
-            how = f"seeded split of train, split_seed={self.hparams.split_seed}"
-        self.test_split = data.test
-        # From the training seed (set before setup), so a rerun or a resumed run flips the same way;
-        # every DDP process draws the same bits, and batches carry global indices.
-        generator = torch.Generator().manual_seed(torch.initial_seed())
-        self.first_flips = torch.rand(len(self.train_split), generator=generator) < 0.5
-        test = f"{len(self.test_split):,}" if self.test_split is not None else "none"
+            self.val_split = data.val
+            loaded.append(f"val {len(self.val_split):,} (val/ folder)")
+        elif hold_out:
+            loaded.append(f"val {len(self.val_split):,} (seeded split of train, split_seed={self.hparams.split_seed})")
+        if data.test is not None:
+            self.test_split = data.test
+            loaded.append(f"test {len(self.test_split):,}")
+        elif "test" not in present:
+            loaded.append("test none")
         rank_zero_info(
             f"Data ({data.kind}, {self.num_classes} classes, {self.image_size}x{self.image_size}): "
-            f"train {len(self.train_split):,} | val {len(self.val_split):,} ({how}) | test {test} "
-            f"[loaded in {time.perf_counter() - start:.1f} s]"
+            f"{' | '.join(loaded)} [loaded in {time.perf_counter() - start:.1f} s]"
         )
 
     @property
     def has_test_split(self) -> bool:
-        if self.test_split is None:
-            self.setup()
-        return self.test_split is not None
+        # From the layout, so asking decodes nothing.
+        return self.test_split is not None or "test" in sources.available_splits(
+            self.hparams.data_dir, self.hparams.download
+        )
 
-    def _loader(self, split: Split | None, name: str, train: bool) -> DataLoader:
+    def _loader(self, split: Split | None, name: str) -> DataLoader:
+        """An evaluation loader: the split in its stored order, each image exactly once."""
         if split is None:
             raise DataError(f"no {name} split in {self.hparams.data_dir}; add {name}/<class>/ images there")
         hp = self.hparams
-        dataset = TensorBatches(split.images, split.labels, with_indices=train and hp.alternate_flip)
+        dataset = TensorBatches(split.images, split.labels)
         sampler = None
         trainer = self.trainer
-        if not train and trainer is not None and trainer.world_size > 1:
+        if trainer is not None and trainer.world_size > 1:
             # Lightning's default DistributedSampler pads the last shard with repeated images, which
             # would count them twice in validation and test metrics; this one gives each image to
             # exactly one process (shards may differ by one image, which evaluation tolerates).
@@ -167,12 +206,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         return DataLoader(
             dataset,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
+            batch_size=hp.eval_batch_size or hp.batch_size,
             sampler=sampler,
-            # A last batch of a few images gives a noisy gradient step; the tutorial kept it, so do we
-            # unless it would be a single image (BatchNorm cannot train on one).
-            drop_last=train and len(split) % hp.batch_size == 1,
             collate_fn=keep_batch,
             num_workers=hp.num_workers,
             pin_memory=self._on_cuda(),
@@ -183,22 +218,44 @@ class CIFAR10DataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_split, "train", train=True)
+    def train_dataloader(self) -> DeviceBatches:
+        """Shuffled training batches cut on the training device from the split, which moves there once.
+
+        Each epoch's order comes from the training seed and the epoch number, so every DDP process
+        deals the same shuffle (each its own shard, as DistributedSampler would) and a run resumed at
+        an epoch shuffles it as the uninterrupted run did.
+        """
+        if self.train_split is None:
+            raise DataError(f"no train split in {self.hparams.data_dir}; add train/<class>/ images there")
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.hparams.alternate_flip:
+            self.first_flips = self.first_flips.to(device)  # indexed by each batch's indices, on the device
+        return DeviceBatches(
+            self.train_split.images,
+            self.train_split.labels,
+            self.hparams.batch_size,
+            device,
+            seed=self.shuffle_seed,
+            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            with_indices=self.hparams.alternate_flip,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_split, "val", train=False)
+        return self._loader(self.val_split, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, "test", train=False)
+        return self._loader(self.test_split, "test")
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """An evaluation loader (in order, no augmentation) over "train", "val" or "test"; for scoring a
         checkpoint on any split (scripts/evaluate.py)."""
         if split not in SPLITS:
             raise DataError(f"split {split!r}: use one of {', '.join(SPLITS)}")
-        self.setup()
-        return self._loader(getattr(self, f"{split}_split"), split, train=False)
+        self.setup(split)  # reads only what scoring this split needs: test/ alone for "test"
+        return self._loader(getattr(self, f"{split}_split"), split)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):

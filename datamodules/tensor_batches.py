@@ -1,4 +1,4 @@
-"""A map-style dataset over in-memory tensors that hands out whole batches in one indexing op."""
+"""A map-style dataset over in-memory tensors that hands out whole batches in one indexing op (evaluation)."""
 
 from __future__ import annotations
 

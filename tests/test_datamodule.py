@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import CLASSES, make_image_folder, make_official_batches
+from PIL import Image
 
-from datamodules import CIFAR10DataModule, DataError, augment
+from datamodules import CIFAR10DataModule, DataError, augment, sources
 
 
 def make_dm(root, cache_dir, **kwargs) -> CIFAR10DataModule:
@@ -209,3 +211,79 @@ def test_progressive_sizes_resize_training_batches_per_epoch(tmp_path, cache_dir
     val_images, val_labels = next(iter(dm.val_dataloader()))
     dm.trainer = SimpleNamespace(training=False, current_epoch=0)
     assert dm.on_after_batch_transfer((val_images, val_labels), 0)[0].shape[-1] == 32  # evaluation at full size
+
+
+# --- start-up cost: read only what is used, scan once ----------------------------------------
+
+
+def decoded_splits(monkeypatch) -> list[str]:
+    """The split folder of every image decoded from now on."""
+    seen: list[str] = []
+    read = sources.read_image
+
+    def recording(path, *args, **kwargs):
+        seen.append(path.parts[-3])
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_image", recording)
+    return seen
+
+
+def test_eval_dataloader_decodes_only_the_split_it_scores(tmp_path, cache_dir, monkeypatch):
+    root = make_image_folder(tmp_path / "d", {"train": 4, "test": 2})
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")  # never read when scoring test
+    seen = decoded_splits(monkeypatch)
+    dm = CIFAR10DataModule(data_dir=str(root), cache_dir=str(cache_dir), val_size=3)
+    assert dm.has_test_split and seen == []  # known from the layout
+    assert len(dm.eval_dataloader("test").dataset) == 6
+    assert set(seen) == {"test"} and dm.train_split is None
+    # val is the seeded hold-out of train, so it needs train (here with a file it cannot decode).
+    with pytest.raises(DataError, match="cannot decode image"):
+        dm.eval_dataloader("val")
+
+
+def test_eval_of_val_reads_the_val_folder_alone(tmp_path, cache_dir, monkeypatch):
+    root = make_image_folder(tmp_path / "d", {"train": 4, "val": 2})
+    seen = decoded_splits(monkeypatch)
+    dm = CIFAR10DataModule(data_dir=str(root), cache_dir=str(cache_dir))
+    assert not dm.has_test_split
+    assert len(dm.eval_dataloader("val").dataset) == 6 and set(seen) == {"val"}
+    assert len(dm.eval_dataloader("train").dataset) == 12  # val/ exists: all of train, no hold-out
+    with pytest.raises(DataError, match="no test split in"):
+        dm.eval_dataloader("test")
+    # A fit start after that reads nothing again and ends with every split.
+    seen.clear()
+    dm.setup("fit")
+    assert seen == [] and (len(dm.train_split), len(dm.val_split)) == (12, 6)
+
+
+def test_official_test_split_reads_only_test_batch(tmp_path, skip_md5):
+    root = make_official_batches(tmp_path / "off", per_batch=4, test=5)
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"garbage: never unpickled for test")
+    dm = CIFAR10DataModule(data_dir=str(root), download=False)
+    assert dm.has_test_split
+    assert len(dm.eval_dataloader("test").dataset) == 5 and dm.train_split is None
+
+
+def test_a_fit_start_scans_the_folder_once_and_still_sees_changes(tmp_path, cache_dir, monkeypatch):
+    root = make_image_folder(tmp_path / "d", {"train": 4, "test": 1})
+    scans = []
+    scan = sources.scan_folder
+
+    def counting(*args, **kwargs):
+        scans.append(args)
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "scan_folder", counting)
+    for start in ("cold", "warm"):
+        scans.clear()
+        dm = make_dm(root, cache_dir, val_size=2)
+        assert len(scans) == 1, f"{start} start scanned the folder {len(scans)} times"
+        assert dm.has_test_split and len(scans) == 1
+    # The one scan still checks the cache against the files: an edited image is decoded again.
+    edited = root / "train" / "cat" / "0000.png"
+    Image.new("RGB", (32, 32), (7, 7, 7)).save(edited)
+    os.utime(edited, ns=(1, 1))
+    dm = make_dm(root, cache_dir, val_size=2)
+    everything = torch.cat([dm.train_split.images, dm.val_split.images])
+    assert any((image == 7).all() for image in everything)
