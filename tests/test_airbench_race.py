@@ -63,6 +63,88 @@ def test_our_side_runs_and_the_table_prints(tmp_path, monkeypatch, capsys):
     figures = json.loads((tmp_path / "race.json").read_text())["results"]["ours"]
     assert len(figures["accs"]) == 2 and all(0 < s < figures["wall_s"] for s in figures["train_s"])
     out = capsys.readouterr().out
-    assert "train s / airbench94" in out and "ours  2" in out
+    assert "wall s per run" in out and "ours  2" in out
+    assert "train s / airbench94" not in out  # no airbench side ran, so there is nothing to divide by
     with pytest.raises(SystemExit):
         race.main(["--data_dir", str(tmp_path / "data"), "--sides", "airbench94"])  # no --airbench_dir
+
+
+def test_sides_and_variants_plan_the_race_in_order(tmp_path):
+    race = load_race()
+    args = race.parse_args(["--data_dir", "d", "--airbench_dir", "a", "--runs", "5",
+                            "--sides", "airbench94,ours,airbench94_muon:3",
+                            "--variant", "muon:3=--config configs/fast_muon.yaml --trainer.max_epochs 2",
+                            "--variant", "bf16-true:1=--trainer.precision bf16-true"])  # fmt: skip
+    steps = race.plan(args)
+    assert [(s["side"], s["runs"]) for s in steps] == [
+        ("airbench94", 5), ("ours", 5), ("airbench94_muon", 3), ("ours+muon", 3), ("ours+bf16-true", 1)
+    ]  # fmt: skip
+    recipe = str(REPO / "configs" / "fast.yaml")
+    assert steps[3]["recipes"] == [recipe, str(REPO / "configs" / "fast_muon.yaml")]  # a config, not an option
+    assert steps[3]["options"] == ["--trainer.max_epochs", "2"]
+    assert steps[4]["recipes"] == [recipe] and steps[4]["options"] == ["--trainer.precision", "bf16-true"]
+    for bad in (["--sides", "ours:x"], ["--sides", "theirs"], ["--variant", "no equals sign"]):
+        with pytest.raises(SystemExit):
+            race.plan(race.parse_args(["--data_dir", "d", *bad]))
+
+
+def test_a_failed_side_is_told_in_one_line():
+    race = load_race()
+    error = "RuntimeError: Input type (float) and bias type (c10::BFloat16) should be the same"
+    failed = SystemExit(
+        f"error: seed 0 exited with 1: Seed set to 0\nTraceback (most recent call last):\n  ...\n{error}\n"
+    )
+    assert race.one_line(failed) == f"seed 0 exited with 1: {error}"
+    assert (
+        race.one_line(SystemExit("error: seed 1 exited with 2: error: bad option"))
+        == "seed 1 exited with 2: bad option"
+    )
+    assert race.one_line(ValueError("not enough values to unpack")) == "not enough values to unpack"
+
+
+def test_a_side_that_would_pass_the_deadline_is_skipped():
+    race = load_race()
+    results = {"airbench94": {"wall_s": 100.0}, "ours": {"wall_s": 20.0}, "ours+bf16-true": {"error": "x"}}
+    now = race.time.perf_counter()
+    step = {"side": "ours+compile", "runs": 2}
+    assert race.out_of_time(step, results, now, deadline_s=None) is None
+    assert race.out_of_time(step, results, now, deadline_s=45) is None  # 2 runs at ours's 20 s
+    assert race.out_of_time(step, results, now, deadline_s=35).startswith("skipped: 0 s gone, ~40 s more")
+    assert race.out_of_time({"side": "airbench94_muon", "runs": 5}, results, now - 10, deadline_s=5) is not None
+
+
+def test_table_compares_with_each_airbench_side_and_lists_failures():
+    race = load_race()
+    results = {
+        "airbench94": {"accs": [0.90, 0.91], "train_s": [2.0, 2.0], "wall_s": 5.0},
+        "ours": {"accs": [0.89, 0.90], "train_s": [6.0, 6.0], "wall_s": 24.0},
+        "airbench94_muon": {"accs": [0.91], "train_s": [3.0], "wall_s": 6.0},
+        "ours+bf16-true": {"error": "seed 0 exited with 1: RuntimeError: boom"},
+        "ours+compile": {"skipped": "skipped: 400 s gone"},
+    }
+    lines = race.table(results).splitlines()
+    assert lines[0].endswith("wall s per run  train s / airbench94  train s / airbench94_muon")
+    assert lines[2].split()[0] == "ours" and lines[2].split()[-2:] == ["3.00x", "2.00x"]
+    assert lines[-2:] == [
+        "ours+bf16-true: seed 0 exited with 1: RuntimeError: boom",
+        "ours+compile: skipped: 400 s gone",
+    ]
+
+
+@pytest.mark.slow
+def test_a_failing_variant_is_one_line_and_the_race_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "data", {"train": 10})
+    extra = ("--trainer.max_epochs 1 --data.batch_size 8 --data.eval_batch_size 6 --trainer.precision 32-true "
+             "--model.net.widths [8,16,16] --trainer.enable_progress_bar false")  # fmt: skip
+    argv = ["--data_dir", str(tmp_path / "data"), "--sides", "", "--val_size", "6", "--accelerator", "cpu",
+            "--extra", extra, "--variant", "bad:1=--trainer.no_such_option 3",
+            "--variant", "muon:1=--config configs/fast_muon.yaml", "--work_dir", str(tmp_path / "race"),
+            "--json", str(tmp_path / "race.json")]  # fmt: skip
+    assert load_race().main(argv) == 1
+    results = json.loads((tmp_path / "race.json").read_text())["results"]
+    assert results["ours+bad"]["error"].startswith("seed 0 exited with 2: unrecognized arguments: --trainer.no_such")
+    assert len(results["ours+muon"]["accs"]) == 1
+    out = capsys.readouterr().out
+    assert "error: ours+bad: seed 0 exited with 2: unrecognized arguments" in out
+    assert "ours+muon  1" in out and out.rstrip().splitlines()[-1].startswith("ours+bad: seed 0 exited with 2")
