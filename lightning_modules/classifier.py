@@ -129,7 +129,7 @@ class ImageClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = normalize_uint8(images, self.mean, self.std).to(self.compute_dtype)
+        x = normalize_uint8(images, self.mean, self.std).to(self._input_dtype())
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -140,7 +140,16 @@ class ImageClassifier(L.LightningModule):
     # restored from the hyper-parameters rather than rounded. Validation and test score with the
     # network in float32 (an exact widening of the half weights), so fit reports what predict,
     # serve and export deliver; training resumes in the half type afterwards.
-    compute_dtype = torch.float32
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype of the network's first weights: float32, or the half type Lightning cast them to
+        (before this module's own hooks run: the model summary runs a forward pass first)."""
+        first = self.__dict__.get("_first_weight")
+        if first is None:
+            weights = self._weights()
+            first = weights[0] if weights else torch.empty(0)
+            self.__dict__["_first_weight"] = first  # not through nn.Module: it is no new parameter
+        # The same Parameter object through every cast (.to() and ours replace only its data).
+        return first.dtype
 
     def _weights(self) -> list[Tensor]:
         """The network's floating-point parameters and buffers outside BatchNorm."""
@@ -154,12 +163,9 @@ class ImageClassifier(L.LightningModule):
     def _cast_weights(self, dtype: torch.dtype) -> None:
         for tensor in self._weights():
             tensor.data = tensor.data.to(dtype)  # in place: the optimiser keeps the same parameters
-        self.compute_dtype = dtype
 
     def _keep_float32_parts(self) -> None:
-        weights = self._weights()
-        self.compute_dtype = weights[0].dtype if weights else torch.float32
-        if self.compute_dtype == torch.float32:
+        if self._input_dtype() == torch.float32:
             return
         for module in self.net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -171,7 +177,7 @@ class ImageClassifier(L.LightningModule):
 
     def _score_in_float32(self) -> None:
         self._keep_float32_parts()
-        self._half_dtype = self.compute_dtype
+        self._half_dtype = self._input_dtype()
         if self._half_dtype != torch.float32:
             self._cast_weights(torch.float32)
 

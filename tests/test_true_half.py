@@ -21,7 +21,6 @@ def test_bf16_true_keeps_norms_float32_and_scores_in_float32(tmp_path):
         "--data.cache_dir", str(tmp_path / "cache"), "--data.val_size", "12", "--data.batch_size", "16",
         "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1", "--trainer.precision", "bf16-true",
         "--test", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
     assert fit_main(args) == 0
     run = tmp_path / "runs" / "fast_cpu" / "version_0"

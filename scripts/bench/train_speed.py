@@ -226,7 +226,7 @@ def plain_loop_same_path(
         batch = data.on_after_batch_transfer(tuple(t.to(device, non_blocking=True) for t in batch), 0)
         with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
             loss, preds, targets = model.shared_step(batch)
-        model.train_metrics.update(preds, targets)
+        model.train_metrics.update(preds, targets, loss)
         optimizer.zero_grad()
         scaler.scale(loss).backward()
         if before_step is not None:
