@@ -135,50 +135,60 @@ class ImageClassifier(L.LightningModule):
         return self.net(x)
 
     # True half precision (--trainer.precision bf16-true or 16-true): Lightning casts the whole module
-    # to the half type before training. As airbench does, BatchNorm stays float32 (its statistics
-    # need the range and its few parameters cost nothing), and so do the normalisation constants,
-    # restored from the hyper-parameters rather than rounded. Validation and test score with the
-    # network in float32 (an exact widening of the half weights), so fit reports what predict,
-    # serve and export deliver; training resumes in the half type afterwards.
-    def _input_dtype(self) -> torch.dtype:
-        """The dtype of the network's first weights: float32, or the half type Lightning cast them to
-        (before this module's own hooks run: the model summary runs a forward pass first)."""
-        first = self.__dict__.get("_first_weight")
-        if first is None:
-            weights = self._weights()
-            first = weights[0] if weights else torch.empty(0)
-            self.__dict__["_first_weight"] = first  # not through nn.Module: it is no new parameter
-        # The same Parameter object through every cast (.to() and ours replace only its data).
-        return first.dtype
+    # to the half type before training or testing, after loading a checkpoint. As airbench does,
+    # BatchNorm stays float32 (its statistics need the range and its few parameters cost nothing),
+    # and so do the normalisation constants and the metric sums: ``_apply`` keeps their float32
+    # values through any dtype cast, checkpointed values included. Validation and test score with
+    # the network widened to float32 (exact), so fit reports what predict, serve and export
+    # deliver; training goes back to the half type after each validation.
+    def _float32_parts(self) -> list[tuple[nn.Module, str]]:
+        """(module, name) of every tensor that keeps float32: BatchNorm's, and mean and std."""
+        parts = [(self, "mean"), (self, "std")]
+        for module in self.net.modules() if "net" in self._modules else ():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                named = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                parts += [(module, name) for name, t in named if t.is_floating_point()]
+        return parts
 
-    def _weights(self) -> list[Tensor]:
-        """The network's floating-point parameters and buffers outside BatchNorm."""
-        owned = []
-        for module in self.net.modules():
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-                tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-                owned += [t for t in tensors if t.is_floating_point()]
-        return owned
+    def _apply(self, fn, recurse=True):
+        kept = [(m, n, getattr(m, n).data) for m, n in self._float32_parts() if getattr(m, n).dtype == torch.float32]
+        result = super()._apply(fn, recurse)
+        for module, name, exact in kept:
+            now = getattr(module, name)
+            if now.dtype in (torch.bfloat16, torch.float16):  # a half cast reached it: keep the exact value
+                if name in module._parameters:
+                    now.data = exact.to(now.device)
+                else:
+                    module._buffers[name] = exact.to(now.device)
+        return result
+
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype of the network's first weights: float32, or the half type Lightning cast them to."""
+        name = self.__dict__.get("_first_weight_name")
+        if name is None:
+            name = next((n for n, _ in self._weights()), "")
+            self.__dict__["_first_weight_name"] = name
+        return self.net.get_parameter(name).dtype if name else torch.float32
+
+    def _weights(self) -> list[tuple[str, Tensor]]:
+        """The network's floating-point parameters outside BatchNorm, by name."""
+        norms = {n for n, m in self.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        named = self.net.named_parameters()
+        return [(n, p) for n, p in named if p.is_floating_point() and n.rpartition(".")[0] not in norms]
 
     def _cast_weights(self, dtype: torch.dtype) -> None:
-        for tensor in self._weights():
+        for _, tensor in self._weights():
             tensor.data = tensor.data.to(dtype)  # in place: the optimiser keeps the same parameters
-
-    def _keep_float32_parts(self) -> None:
-        if self._input_dtype() == torch.float32:
-            return
-        for module in self.net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.float()
-        for name in ("mean", "std"):
-            exact = torch.tensor(self.hparams[name], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-            getattr(self, name).data = exact
-        self.val_acc_best.set_dtype(torch.float32)
+        for module in self.net.modules():  # other floating buffers outside BatchNorm follow the weights
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for name, buffer in module.named_buffers(recurse=False):
+                    if buffer.is_floating_point():
+                        module._buffers[name] = buffer.to(dtype)
 
     def _score_in_float32(self) -> None:
-        self._keep_float32_parts()
         self._half_dtype = self._input_dtype()
         if self._half_dtype != torch.float32:
+            self.val_acc_best.set_dtype(torch.float32)
             self._cast_weights(torch.float32)
 
     def _back_to_half(self) -> None:
@@ -188,9 +198,6 @@ class ImageClassifier(L.LightningModule):
 
     def on_validation_start(self) -> None:
         self._score_in_float32()
-
-    def on_validation_end(self) -> None:
-        self._back_to_half()
 
     def on_test_start(self) -> None:
         self._score_in_float32()
@@ -259,10 +266,12 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:
             # The pre-training sanity check runs a couple of batches: not a real score.
             self.val_metrics.reset()
-            return
-        logged = self._log_epoch_metrics("val")
-        self.val_acc_best.update(logged["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        else:
+            logged = self._log_epoch_metrics("val")
+            self.val_acc_best.update(logged["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        # Before the checkpoint callbacks' on_validation_end, so every checkpoint holds the half weights.
+        self._back_to_half()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
@@ -274,7 +283,6 @@ class ImageClassifier(L.LightningModule):
             hook(self.current_epoch)
 
     def on_fit_start(self) -> None:
-        self._keep_float32_parts()
         # Networks with a data-dependent first layer (AirbenchNet's whitening) are initialised from
         # the training images of a fresh run; a resumed run keeps the weights it saved.
         init = getattr(self.net, "init_whitening", None)

@@ -78,8 +78,8 @@ class StageScores(Metric):
         return this
 
     def update(self, preds: Tensor, targets: Tensor, loss: Tensor) -> None:
-        # Three small ops per step, in place: a training step of a small network is ~1 ms.
-        pairs = (targets * self.num_classes + preds).flatten()
+        # A few small ops per step, in place: a training step of a small network is ~1 ms.
+        pairs = (targets.long() * self.num_classes + preds.long()).flatten()  # .long(): free on int64
         self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
         self.loss_sum.add_(loss.detach(), alpha=targets.numel())
 

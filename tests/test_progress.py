@@ -38,3 +38,11 @@ def test_step_and_epoch_lines_show_the_running_mean(capsys):
     assert len(set(losses.losses)) > 1  # a last-batch figure would differ from the mean
     epoch_line = re.search(r"epoch 0/1 step 6 \| train/loss ([\d.]+)", out)
     assert float(epoch_line.group(1)) == pytest.approx(sum(losses.losses) / 6, abs=1e-4)
+
+
+def test_running_loss_sums_in_float32_under_true_half_precision():
+    progress = LineProgress()
+    progress.on_train_epoch_start(None, None)
+    for _ in range(1000):
+        progress.on_train_batch_end(None, None, {"loss": torch.tensor(0.9972, dtype=torch.bfloat16)}, None, 0)
+    assert float(progress._loss_sum) / progress._losses == pytest.approx(0.9972, abs=1e-2)

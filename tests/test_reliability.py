@@ -28,7 +28,13 @@ LOOKAHEAD = "lightning_modules.callbacks.Lookahead"
 def val_scalars(run_dir: Path) -> dict[str, list[float]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag.startswith("val/")}
+    # By step: a resumed run's two event files are read in name order, and two starts within the same
+    # second are named by process id, so file order is not run order.
+    return {
+        tag: [e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step)]
+        for tag in events.Tags()["scalars"]
+        if tag.startswith("val/")
+    }
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -66,7 +66,7 @@ class LineProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            loss = loss.detach()
+            loss = loss.detach().float()  # a bfloat16 sum (true half precision) would stop growing
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._losses += 1
         if self.every_n_steps and (batch_idx + 1) % self.every_n_steps == 0:

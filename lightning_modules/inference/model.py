@@ -20,6 +20,8 @@ TTA_MODES = ("none", "mirror", "mirror_translate")
 
 def normalize_uint8(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """uint8 (N, 3, H, W) in 0..255 -> float, scaled to [0, 1], minus mean, over std (per channel)."""
+    if images.dim() != 4:
+        raise TypeError(f"the classifier takes a batch of images (N, 3, H, W), got shape {tuple(images.shape)}")
     if images.dtype != torch.uint8:
         raise TypeError(
             f"the classifier takes uint8 images (N, 3, H, W) with values 0..255, got {images.dtype}; "

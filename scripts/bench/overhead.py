@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -339,9 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if not args.data_dir or parts - {"step", "startup"} or not parts:
         parser.error("give --data_dir, and --only from: step, startup")
-    quiet_lightning()
     results: dict = {"machine": machine()}
-    with tempfile.TemporaryDirectory() as name:
+    with tempfile.TemporaryDirectory() as name, quiet_lightning():
         tmp = Path(name)
         if "step" in parts:
             results["step"] = step_part(args, tmp)
@@ -353,16 +352,22 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def quiet_lightning() -> None:
+@contextlib.contextmanager
+def quiet_lightning():
+    """Lightning's info lines and advice off while the benchmark runs fit.py's path in-process, and
+    back as they were afterwards (a caller such as a test keeps its own logging)."""
     import logging
     import warnings
 
-    from lightning.pytorch.utilities import disable_possible_user_warnings
-
-    disable_possible_user_warnings()
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def print_table(results: dict) -> None:
