@@ -67,7 +67,10 @@ def chance(data: Path) -> float:
 # The tutorial's recipe (plain SGD at 0.01, a network without activations) stays at chance for its
 # first ~300 steps: on a 4,500-image CIFAR-10 subset, 2 epochs gave 13.2% (on the CPU and on an H100) and
 # 6 gave 25-27% (on the CPU).
-EPOCHS = {"tutorial.yaml": 6}
+# ResNet-18 after 2 epochs of a small subset scores anywhere from below chance to 73% depending on
+# the shuffle (3 synthetic classes, seeds 0-2: 33/27/60% with the DataLoader's order, 33/73/27% with
+# the device batches' order): its BatchNorm statistics are not settled; 4 epochs reach 67% at the recipe's seed.
+EPOCHS = {"tutorial.yaml": 6, "resnet18.yaml": 4}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
