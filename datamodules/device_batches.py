@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from datamodules.sources import DataError
+
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
     """This process's share of a seeded shuffle of range(n), as ``DistributedSampler(shuffle=True)``
@@ -58,6 +60,11 @@ class DeviceBatches:
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if len(labels) < world_size:
+            raise DataError(
+                f"{len(labels)} training images for {world_size} processes: each needs at least one; "
+                "add images or use fewer --trainer.devices"
+            )
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size, self.device, self.seed, self.epoch = batch_size, device, seed, epoch

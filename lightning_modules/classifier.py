@@ -259,6 +259,17 @@ class ImageClassifier(L.LightningModule):
             self.log(name, value, prog_bar=name in ("train/loss", "val/acc", "val/loss"), sync_dist=True)
         return logged
 
+    # Each stage's sums start from zero with its epoch: an interrupted validation or a run ended by
+    # max_steps mid-epoch would otherwise leave counts that the next one adds to.
+    def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 

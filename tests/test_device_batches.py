@@ -3,12 +3,14 @@ deals them, the same order again for the same seed and epoch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
 
 from datamodules.device_batches import DeviceBatches, epoch_order
+from datamodules.sources import DataError
 
 
 @settings(max_examples=40, deadline=None)
@@ -46,3 +48,9 @@ def test_order_follows_seed_and_epoch():
     assert torch.equal(first, torch.cat([b[1] for b in loader]))  # a resumed epoch shuffles alike
     epoch[0] = 1
     assert not torch.equal(first, torch.cat([b[1] for b in loader]))
+
+
+def test_more_processes_than_images_is_refused_in_one_line():
+    with pytest.raises(DataError, match="2 training images for 3 processes"):
+        DeviceBatches(torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.arange(2), 4, torch.device("cpu"), 0,
+                      lambda: 0, rank=0, world_size=3)  # fmt: skip

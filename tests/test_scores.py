@@ -54,3 +54,13 @@ def test_reset_starts_a_new_epoch():
     scores.update(torch.tensor([1]), torch.tensor([1]), torch.tensor(1.0))
     values = scores.compute()
     assert values["acc"].item() == 1.0 and values["loss"].item() == 1.0
+
+
+def test_an_interrupted_validation_leaves_nothing_for_the_next():
+    from lightning_modules.classifier import ImageClassifier
+
+    model = ImageClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 3)), class_names=["a", "b", "c"])
+    model.val_metrics.update(torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor(5.0))  # a validation cut short
+    model.on_validation_epoch_start()
+    model.val_metrics.update(torch.tensor([1]), torch.tensor([1]), torch.tensor(1.0))
+    assert model.val_metrics.compute()["acc"].item() == 1.0
