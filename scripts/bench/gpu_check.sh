@@ -18,15 +18,16 @@
 #   tests    pytest -m gpu tests/test_gpu.py on the subset (GPU_TEST_TIMEOUT caps it, s, default 420).
 #   race     scripts/bench/airbench_race.py: airbench94 against fast.yaml (RACE_RUNS=5 runs each),
 #            airbench94_muon against fast.yaml + fast_muon.yaml (MUON_RUNS=3 each), fast.yaml with
-#            --trainer.precision bf16-true and with --model.compile true (VARIANT_RUNS=1 each). A side
+#            --trainer.precision bf16-true, with --model.compile true and with airbench's lookahead
+#            (the Lookahead callback; fast.yaml leaves it off) (VARIANT_RUNS=1 each). A side
 #            that fails prints its error in one line and the race goes on; a side that would end
 #            after BUDGET_S (default 540) seconds from this script's start is skipped, and says so.
 #
 # Budget on one H100, estimated from the last measured figures (fit.py with fast.yaml 24.5 s from
 # launch, airbench94 5.2 s a run, the tests and set-up 130-160 s): set-up and tests ~150 s; profile
-# ~35 s (decoding the 50,000 images once, ~15 s; start-up; 26 steps; a validation); race ~310 s
+# ~35 s (decoding the 50,000 images once, ~15 s; start-up; 26 steps; a validation); race ~335 s
 # (the data export 10, airbench94 x5 20, ours x5 125, airbench94_muon x3 20, ours+fast_muon x3 75,
-# bf16-true 25, compile 30). About 8.5 minutes in all; MUON_RUNS=5 adds ~55 s, PARTS=profile,race
+# bf16-true 25, compile 30, lookahead 25). About 9 minutes in all; MUON_RUNS=5 adds ~55 s, PARTS=profile,race
 # saves ~150 s; BUDGET_S keeps the whole under the device tool's 10-minute limit.
 #
 # Needs torch with CUDA, lightning, torchvision already installed (nothing else is downloaded).
@@ -162,7 +163,8 @@ part_race() {
     --sides "$(race_sides)" --runs "$runs" --val_size "$val_size" --accelerator "$accelerator" --deadline_s "$left" \
     --extra "${tiny:+--trainer.max_epochs 1 $tiny}" --variant "fast_muon:$muon_runs=--config configs/fast_muon.yaml" \
     --variant "bf16-true:$variant_runs=--trainer.precision bf16-true" \
-    --variant "compile:$variant_runs=--model.compile true" --work_dir "$work/race" --json "$out/race.json" \
+    --variant "compile:$variant_runs=--model.compile true" \
+    --variant "lookahead:$variant_runs=--trainer.callbacks+=lightning_modules.callbacks.Lookahead" --work_dir "$work/race" --json "$out/race.json" \
     | tee "$work/race.out"
   return "${PIPESTATUS[0]}"
 }
