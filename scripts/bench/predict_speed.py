@@ -6,7 +6,7 @@ Measures, alternating the commands so that machine noise hits both alike:
 1. start-up: process start to answer for ONE image, tutorial test.py vs our predict.py (same
    tutorial network, same weights file);
 2. throughput: predict.py on a folder of N 32x32 JPEGs (CIFAR-10 images from
-   ../shared/data/cifar10-jpeg when present, else synthetic), end to end and as predict.py
+   $DATA_DIR/train when DATA_DIR is set, else synthetic), end to end and as predict.py
    reports it (excluding interpreter start-up and checkpoint loading).
 Prints a table and writes JSON. Everything runs in a temporary folder.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
+# Real CIFAR-10 JPEGs when the environment names a copy (DATA_DIR/train/<class>/*.jpg), else synthetic images.
+TRAIN_IMAGES = Path(os.environ["DATA_DIR"]) / "train" if os.environ.get("DATA_DIR") else None
 
 # The tutorial's model.py and test.py, as a beginner has them (the weights are loaded as a
 # state_dict with weights_only=True, which costs the same imports as the tutorial's whole-model load).
@@ -76,11 +78,11 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 def make_images(folder: Path, n: int) -> str:
     folder.mkdir(parents=True)
-    if SHARED.is_dir():
-        files = sorted(SHARED.rglob("*.jpg"))[:: max(1, 50000 // n)][:n]
+    if TRAIN_IMAGES is not None and TRAIN_IMAGES.is_dir():
+        files = sorted(TRAIN_IMAGES.rglob("*.jpg"))[:: max(1, 50000 // n)][:n]
         for i, f in enumerate(files):
             shutil.copyfile(f, folder / f"{i:05d}.jpg")
-        return f"{len(files)} CIFAR-10 JPEGs from {SHARED}"
+        return f"{len(files)} CIFAR-10 JPEGs from {TRAIN_IMAGES}"
     import numpy as np
     from PIL import Image
 

@@ -3,7 +3,7 @@
     python scripts/benchmark_serve.py [--ckpt_path CKPT] [--requests 300] [--concurrency 1 8 32]
 
 Starts the server on a free 127.0.0.1 port (the tutorial network, untrained, unless --ckpt_path
-is given), posts 32x32 PNGs (CIFAR-10 images from ../shared/data/cifar10-jpeg when present)
+is given), posts 32x32 PNGs (CIFAR-10 images from $DATA_DIR/train when DATA_DIR is set)
 from a pool of client threads with keep-alive sessions, and prints requests/s with p50 and p99
 latency per concurrency level. Each level is bounded in request count and time. Writes JSON.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import socket
 import statistics
@@ -28,14 +29,15 @@ import requests
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
+# Real CIFAR-10 JPEGs when the environment names a copy (DATA_DIR/train/<class>/*.jpg), else synthetic images.
+TRAIN_IMAGES = Path(os.environ["DATA_DIR"]) / "train" if os.environ.get("DATA_DIR") else None
 
 
 def payloads(n: int = 64) -> list[bytes]:
     from PIL import Image
 
-    if SHARED.is_dir():
-        return [p.read_bytes() for p in sorted(SHARED.rglob("*.jpg"))[:: 50000 // n][:n]]
+    if TRAIN_IMAGES is not None and TRAIN_IMAGES.is_dir():
+        return [p.read_bytes() for p in sorted(TRAIN_IMAGES.rglob("*.jpg"))[:: 50000 // n][:n]]
     out = []
     for i in range(n):
         buffer = io.BytesIO()
