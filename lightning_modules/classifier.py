@@ -23,7 +23,7 @@ from torchmetrics import MaxMetric
 
 from datamodules.sources import CIFAR10_CLASSES
 from lightning_modules.inference.model import TTA_MODES, normalize_uint8, tta_logits
-from lightning_modules.scores import StageScores
+from lightning_modules.metrics import StageScores
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}

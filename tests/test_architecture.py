@@ -20,6 +20,7 @@ LAYERS = [
         "lightning_modules.atomic_checkpoint_io",
         "lightning_modules.resumable_csv_logger",
         "lightning_modules.muon_sgd",
+        "lightning_modules.metrics",
     ),
     ("lightning_modules.inference",),
     ("lightning_modules.nets",),

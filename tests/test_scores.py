@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from lightning_modules.scores import StageScores, confusion_counts
+from lightning_modules.metrics import StageScores, confusion_counts
 
 labels = st.integers(min_value=0, max_value=4)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_modules.scores import confusion_counts
+from lightning_modules.metrics import confusion_counts
 
 
 class ConfusionCounter:

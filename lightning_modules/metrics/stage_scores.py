@@ -15,15 +15,18 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
-def confusion_counts(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor:
-    """(true class, predicted class) counts of a batch; rows: true, columns: predicted.
+def confusion_counts(preds: Tensor, targets: Tensor, num_classes: int, into: Tensor | None = None) -> Tensor:
+    """(true class, predicted class) counts of a batch, added to ``into`` when given; rows: true,
+    columns: predicted.
 
     ``index_add_`` rather than ``bincount``: CUDA's bincount reads the largest value back to size
     its output, which makes the host wait.
     """
-    pairs = (targets.detach().to(torch.int64) * num_classes + preds.detach().to(torch.int64)).flatten()
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=pairs.device)
-    return counts.index_add_(0, pairs, torch.ones_like(pairs)).view(num_classes, num_classes)
+    pairs = (targets.detach().long() * num_classes + preds.detach().long()).flatten()  # .long(): free on int64
+    if into is None:
+        into = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=pairs.device)
+    into.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
+    return into
 
 
 def scores_from_confusion(matrix: Tensor) -> dict[str, Tensor]:
@@ -79,8 +82,7 @@ class StageScores(Metric):
 
     def update(self, preds: Tensor, targets: Tensor, loss: Tensor) -> None:
         # A few small ops per step, in place: a training step of a small network is ~1 ms.
-        pairs = (targets.long() * self.num_classes + preds.long()).flatten()  # .long(): free on int64
-        self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
+        confusion_counts(preds, targets, self.num_classes, into=self.confusion)
         self.loss_sum.add_(loss.detach(), alpha=targets.numel())
 
     def compute(self) -> dict[str, Tensor]:
