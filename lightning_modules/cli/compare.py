@@ -5,12 +5,11 @@ python scripts/compare.py RUN_DIR [RUN_DIR ...] [--output compare.png]
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
-from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
 
 
 def load_run(run_dir: Path) -> dict:
@@ -68,7 +67,7 @@ def curves_figure(runs: list[dict]):
 
 @one_line_errors
 def compare_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compare.py", description="Compare training runs side by side.")
+    parser = OneLineArgumentParser(prog="compare.py", description="Compare training runs side by side.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="e.g. runs/tutorial/version_0")
     parser.add_argument("--output", default="compare.png", help="PNG of validation accuracy against wall time")
     args = parser.parse_args(argv)

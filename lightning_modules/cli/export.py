@@ -13,7 +13,6 @@ that looks usable; the checkpoint itself is never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -24,7 +23,7 @@ import torch
 
 from datamodules.atomic_files import fsync_dir, make_readable
 from datamodules.image_reader import ImageFileError, expand_inputs, read_image
-from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
 from lightning_modules.inference.export import FORMATS, export_onnx, export_torchscript, parity
 from lightning_modules.inference.model import TTA_MODES
 
@@ -88,7 +87,7 @@ def export(
 
 @one_line_errors
 def export_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
+    parser = OneLineArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
     parser.add_argument("--output", help="output file (default: the checkpoint's name with .onnx or .pt)")

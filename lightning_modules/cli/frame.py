@@ -6,6 +6,7 @@ or input error, printed as one line ``error: ...`` that says how to fix it; 130 
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import functools
 import os
@@ -21,6 +22,15 @@ ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 
 class UsageError(Exception):
     """A command-line, configuration or input mistake; the message says how to fix it."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with the frame's error form: one line ``error: ...`` and exit status 2, instead of
+    argparse's usage block (which lists every option and buries the one mistake)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2)
 
 
 def expected_errors() -> tuple[type[Exception], ...]:

@@ -25,14 +25,21 @@ from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
 from datamodules.image_reader import expand_inputs
-from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device, reuse_freed_memory
+from lightning_modules.cli.frame import (
+    ACCELERATORS,
+    OneLineArgumentParser,
+    UsageError,
+    one_line_errors,
+    pick_device,
+    reuse_freed_memory,
+)
 from lightning_modules.inference.model import TTA_MODES
 
 OUTPUT_FORMATS = (".json", ".csv")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
         prog="predict.py",
         description="Classify images with a trained checkpoint (ours, or the tutorial's .pth files).",
     )

@@ -13,7 +13,6 @@ a file gets the same answer from both.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import signal
@@ -23,7 +22,7 @@ import torch
 from fastapi import HTTPException
 
 from datamodules.image_reader import MAX_PIXELS, ImageFileError, read_image
-from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors
+from lightning_modules.cli.frame import ACCELERATORS, OneLineArgumentParser, UsageError, one_line_errors
 from lightning_modules.inference.model import TTA_MODES
 from lightning_modules.inference.predictor import rank
 
@@ -165,7 +164,7 @@ class ClassifierAPI(ls.LitAPI):
 
 @one_line_errors
 def serve_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
+    parser = OneLineArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
     parser.add_argument(
         "--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"), help="address to bind (loopback only)"
