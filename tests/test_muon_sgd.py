@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.muon_sgd import MuonSGD, orthogonalize
+from lightning_modules.optim.muon_sgd import MuonSGD, orthogonalize
 from lightning_modules.nets import AirbenchNet
 
 

@@ -11,13 +11,13 @@ from torch import nn
 
 from lightning_modules import ImageClassifier
 from lightning_modules.nets import Tudui
-from lightning_modules.schedules import WarmupDecay
+from lightning_modules.optim.schedules import WarmupDecay
 
 SGD = {
     "class_path": "torch.optim.SGD",
     "init_args": {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
 }
-WARMUP_DECAY = {"class_path": "lightning_modules.schedules.WarmupDecay", "init_args": {"warmup_fraction": 0.25}}
+WARMUP_DECAY = {"class_path": "lightning_modules.optim.WarmupDecay", "init_args": {"warmup_fraction": 0.25}}
 
 
 class ConvBN(nn.Module):

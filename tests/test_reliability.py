@@ -18,7 +18,7 @@ from helpers import exit_status
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import atomic_files
-from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
+from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.cli.fit import fit_main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -347,3 +347,43 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path):
     ddp_test = json.loads((run_dir / "report.json").read_text())["test"]["test/acc"]
     assert single_test["test/acc"] == pytest.approx(ddp_test, abs=1e-6)
     assert 15 * single_test["test/acc"] == pytest.approx(round(15 * single_test["test/acc"]))  # k/15: no padding
+
+
+def test_a_run_saved_under_the_old_module_paths_resumes(tmp_path, monkeypatch):
+    # MuonSGD, WarmupDecay and the CSV logger moved to optim/ and plugins/; runs made before name the
+    # old modules in their checkpoint's hyper-parameters and in config.yaml.
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 10})
+    recipe = [
+        *RECIPE[: RECIPE.index("--lr_scheduler")], "--test", "false", *QUIET,
+        "--optimizer", "MuonSGD", "--optimizer.lr", "0.01", "--lr_scheduler", "lightning_modules.optim.WarmupDecay",
+        "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "runs", "--trainer.logger.name", "old",
+    ]  # fmt: skip
+    assert fit_main([*recipe, "--trainer.max_epochs", "1"]) == 0
+    run = tmp_path / "runs" / "old" / "version_0"
+    old_paths = {
+        "lightning_modules.optim.muon_sgd.MuonSGD": "lightning_modules.muon_sgd.MuonSGD",
+        "lightning_modules.optim.MuonSGD": "lightning_modules.muon_sgd.MuonSGD",
+        "lightning_modules.optim.schedules.WarmupDecay": "lightning_modules.schedules.WarmupDecay",
+        "lightning_modules.optim.WarmupDecay": "lightning_modules.schedules.WarmupDecay",
+        "lightning_modules.plugins.resumable_csv_logger.": "lightning_modules.resumable_csv_logger.",
+    }
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    for key in ("optimizer", "lr_scheduler"):
+        for new, old in old_paths.items():
+            hparams[key]["class_path"] = hparams[key]["class_path"].replace(new, old)
+    assert hparams["optimizer"]["class_path"] == "lightning_modules.muon_sgd.MuonSGD"
+    assert hparams["lr_scheduler"]["class_path"] == "lightning_modules.schedules.WarmupDecay"
+    torch.save(checkpoint, last)
+    config = (run / "config.yaml").read_text()
+    for new, old in old_paths.items():
+        config = config.replace(new, old)
+    assert "lightning_modules.resumable_csv_logger.ResumableCSVLogger" in config
+    (run / "config.yaml").write_text(config)
+
+    assert fit_main(["--config", str(run / "config.yaml"), "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 1
+    assert len((run / "metrics.csv").read_text().splitlines()) >= 3  # header, epoch 0 kept, epoch 1

@@ -18,7 +18,8 @@ from conftest import free_port, make_image_folder, run_script
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_modules.callbacks import figures, progress
+from lightning_modules.callbacks import progress
+from lightning_modules.reporting import figures
 from lightning_modules.cli.compare import compare_main
 
 NAMES = ["cat", "dog", "ship"]

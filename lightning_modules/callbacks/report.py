@@ -21,7 +21,8 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.atomic_files import atomic_write
-from lightning_modules.callbacks.confusion import ConfusionCounter, per_class_metrics
+from lightning_modules.reporting.confusion import ConfusionCounter, per_class_metrics
+from lightning_modules.reporting.tables import markdown_table, pct, text_table
 
 TRAIN_METRICS = ("train/acc", "train/precision", "train/recall", "train/f1")
 
@@ -205,7 +206,7 @@ class RunReport(L.Callback):
         atomic_write(run_dir / "report.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
         figure_name = None
         if self.confusion is not None:
-            from lightning_modules.callbacks.figures import confusion_matrix_figure, save_figure
+            from lightning_modules.reporting.figures import confusion_matrix_figure, save_figure
 
             figure_name = "confusion_matrix.png"
             title = f"Confusion matrix ({self.confusion['stage']})"
@@ -218,30 +219,26 @@ class RunReport(L.Callback):
 
 
 def to_markdown(report: dict, figure_name: str | None) -> str:
-    lines = ["# Run report", ""]
-    lines += [
-        "| | |",
-        "| --- | --- |",
-        f"| best checkpoint | `{report['best_checkpoint']}` |",
-        f"| best val/acc | {_pct(report['best_val_acc'])} |",
-        f"| test/acc | {_pct((report['test'] or {}).get('test/acc'))} |",
-        f"| wall time | {report['wall_time_s']:.1f} s |",
-        f"| training steps | {report['train_seconds']:.1f} s (without start-up and validation) |",
-        f"| training images/s | {report['train_images_per_s']} |",
-        f"| device | {report['device']} |",
-        f"| versions | {', '.join(f'{k} {v}' for k, v in report['versions'].items())} |",
-        "",
-        "## Epochs",
-        "",
-        "| epoch | step | wall s | train/acc | val/loss | val/acc | val/f1 | images/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    summary = [
+        ("best checkpoint", f"`{report['best_checkpoint']}`"),
+        ("best val/acc", pct(report["best_val_acc"])),
+        ("test/acc", pct((report["test"] or {}).get("test/acc"))),
+        ("wall time", f"{report['wall_time_s']:.1f} s"),
+        ("training steps", f"{report['train_seconds']:.1f} s (without start-up and validation)"),
+        ("training images/s", report["train_images_per_s"]),
+        ("device", report["device"]),
+        ("versions", ", ".join(f"{k} {v}" for k, v in report["versions"].items())),
     ]
-    for row in report["epochs"]:
-        lines.append(
-            f"| {row['epoch']} | {row.get('step', '')} | {row.get('wall_s', 0):.1f} | {_pct(row.get('train/acc'))} | "
-            f"{row.get('val/loss', float('nan')):.4f} | {_pct(row.get('val/acc'))} | {_pct(row.get('val/f1'))} | "
-            f"{row.get('train/images_per_s', float('nan')):.0f} |"
+    epochs = [
+        (
+            row["epoch"], row.get("step", ""), f"{row.get('wall_s', 0):.1f}", pct(row.get("train/acc")),
+            f"{row.get('val/loss', float('nan')):.4f}", pct(row.get("val/acc")), pct(row.get("val/f1")),
+            f"{row.get('train/images_per_s', float('nan')):.0f}",
         )
+        for row in report["epochs"]
+    ]  # fmt: skip
+    head = ("epoch", "step", "wall s", "train/acc", "val/loss", "val/acc", "val/f1", "images/s")
+    lines = ["# Run report", "", markdown_table(("", ""), summary), "", "## Epochs", "", markdown_table(head, epochs)]
     if report["test"]:
         lines += ["", "## Test, per class", "", per_class_table(report["test"]["per_class"], markdown=True)]
     if figure_name:
@@ -251,15 +248,6 @@ def to_markdown(report: dict, figure_name: str | None) -> str:
 
 def per_class_table(per_class: dict[str, dict[str, float]], markdown: bool = False) -> str:
     """Precision / recall / F1 per class, as plain text (console) or a Markdown table."""
-    if markdown:
-        rows = ["| class | precision | recall | f1 |", "| --- | --- | --- | --- |"]
-        rows += [f"| {n} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |" for n, v in per_class.items()]
-        return "\n".join(rows)
-    width = max([len(n) for n in per_class] + [5])
-    rows = [f"{'class':<{width}}  precision  recall     f1"]
-    rows += [f"{n:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  {v['f1']:5.3f}" for n, v in per_class.items()]
-    return "\n".join(rows)
-
-
-def _pct(value) -> str:
-    return "" if value is None else f"{100 * float(value):.2f}%"
+    rows = [(n, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}") for n, v in per_class.items()]
+    head = ("class", "precision", "recall", "f1")
+    return markdown_table(head, rows) if markdown else text_table(head, rows, right=(1, 2, 3))

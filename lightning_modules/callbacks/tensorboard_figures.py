@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from lightning_modules.callbacks import figures
-from lightning_modules.callbacks.confusion import ConfusionCounter, per_class_metrics
+from lightning_modules.reporting import figures
+from lightning_modules.reporting.confusion import ConfusionCounter, per_class_metrics
 
 
 class TensorBoardFigures(L.Callback):

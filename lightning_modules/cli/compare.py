@@ -10,6 +10,7 @@ from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
 from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
+from lightning_modules.reporting.tables import pct, text_table
 
 
 def load_run(run_dir: Path) -> dict:
@@ -35,17 +36,13 @@ def load_run(run_dir: Path) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}%"
-
     head = ("run", "recipe", "epochs", "time", "best val/acc", "test acc")
     rows = [
         (r["run"], r["recipe"], str(r["epochs"]), f"{r['time_s']:.0f} s" if r["time_s"] else "-",
          pct(r["best_val_acc"]), pct(r["test_acc"]))
         for r in runs
     ]  # fmt: skip
-    widths = [max(len(x) for x in column) for column in zip(head, *rows, strict=True)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [head, *rows])
+    return text_table(head, rows)
 
 
 def curves_figure(runs: list[dict]):

@@ -9,6 +9,7 @@ checkpoint after fitting, and one-line errors instead of tracebacks for bad data
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import sys
@@ -28,12 +29,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
-from lightning_modules.atomic_checkpoint_io import AtomicCheckpointIO
+from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors, reuse_freed_memory
-from lightning_modules.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
+from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 
 RUNS_DIR = "runs"
@@ -141,7 +142,7 @@ class ClassifierCLI(LightningCLI):
             )
         logger = trainer.logger
         if getattr(logger, "class_path", None) in CSV_LOGGERS:
-            logger.class_path = "lightning_modules.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
+            logger.class_path = "lightning_modules.plugins.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
         callbacks = trainer.callbacks or []
         if trainer.logger in (False, None):
             # LearningRateMonitor refuses to run without a logger; with none there is nothing to record.
@@ -299,7 +300,19 @@ def report_interruption(trainer: Trainer, resume_hint: bool = True) -> NoReturn:
 
 
 def _class_path(spec) -> str | None:
-    return spec.get("class_path") if isinstance(spec, dict) else None
+    """The class's own path, so a class named by a moved module's old path (or a package's re-export)
+    compares equal to the same class named today."""
+    path = spec.get("class_path") if isinstance(spec, dict) else None
+    if not isinstance(path, str):
+        return None
+    module, _, name = path.rpartition(".")
+    if not module.startswith(("torch.", "lightning_modules.")):  # never import what a file names elsewhere
+        return path
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return path
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _describe(spec) -> str:
