@@ -15,7 +15,12 @@ LAYERS = [
     ("lightning_modules.cli",),
     ("lightning_modules.callbacks",),
     ("lightning_modules.reporting",),
-    ("lightning_modules.classifier", "lightning_modules.optim", "lightning_modules.plugins", "lightning_modules.metrics"),
+    (
+        "lightning_modules.classifier",
+        "lightning_modules.optim",
+        "lightning_modules.plugins",
+        "lightning_modules.metrics",
+    ),
     ("lightning_modules.inference",),
     ("lightning_modules.nets",),
     ("datamodules",),
@@ -58,7 +63,11 @@ def imports_of(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", sorted(m for m in project_modules() if layer_of(m) is not None))
 def test_imports_point_down(module):
     own = layer_of(module)
-    upward = [name for name in imports_of(project_modules()[module]) if (layer_of(name) if layer_of(name) is not None else own) < own]
+    upward = [
+        name
+        for name in imports_of(project_modules()[module])
+        if (layer_of(name) if layer_of(name) is not None else own) < own
+    ]
     assert not upward, f"{module} imports a layer above it: {sorted(upward)}"
 
 

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import ImageClassifier
-from lightning_modules.reporting.confusion import ConfusionCounter, per_class_metrics
 from lightning_modules.inference.model import tta_logits
 from lightning_modules.nets import Tudui
+from lightning_modules.reporting.confusion import ConfusionCounter, per_class_metrics
 
 
 class FirstPixels(nn.Module):

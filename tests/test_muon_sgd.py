@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.optim.muon_sgd import MuonSGD, orthogonalize
 from lightning_modules.nets import AirbenchNet
+from lightning_modules.optim.muon_sgd import MuonSGD, orthogonalize
 
 
 def losses_and_weights(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5):

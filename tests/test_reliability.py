@@ -18,8 +18,8 @@ from helpers import exit_status
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import atomic_files
-from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.cli.fit import fit_main
+from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 LOOKAHEAD = "lightning_modules.callbacks.Lookahead"

@@ -19,8 +19,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_modules.callbacks import progress
-from lightning_modules.reporting import figures
 from lightning_modules.cli.compare import compare_main
+from lightning_modules.reporting import figures
 
 NAMES = ["cat", "dog", "ship"]
 

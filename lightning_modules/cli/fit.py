@@ -29,13 +29,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
-from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors, reuse_freed_memory
-from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
+from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
+from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
 
 RUNS_DIR = "runs"
 CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger")
@@ -142,7 +142,9 @@ class ClassifierCLI(LightningCLI):
             )
         logger = trainer.logger
         if getattr(logger, "class_path", None) in CSV_LOGGERS:
-            logger.class_path = "lightning_modules.plugins.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
+            logger.class_path = (
+                "lightning_modules.plugins.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
+            )
         callbacks = trainer.callbacks or []
         if trainer.logger in (False, None):
             # LearningRateMonitor refuses to run without a logger; with none there is nothing to record.
