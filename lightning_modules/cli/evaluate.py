@@ -27,9 +27,15 @@ from datamodules.cifar10 import SPLITS
 from lightning_modules.callbacks import RunReport
 from lightning_modules.callbacks.progress import LineProgress
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.cli.fit import CompactErrorParser
-from lightning_modules.cli.frame import ACCELERATORS, UsageError, one_line_errors, pick_device, reuse_freed_memory
-from lightning_modules.inference.model import TTA_MODES, use_channels_last
+from lightning_modules.cli.frame import (
+    UsageError,
+    add_model_options,
+    config_parser,
+    one_line_errors,
+    pick_device,
+    reuse_freed_memory,
+)
+from lightning_modules.inference.model import use_channels_last
 
 # Options of the DataModule that only shape training; the image size comes from the checkpoint.
 HOLD_OUT = ("val_size", "split_seed")
@@ -39,15 +45,11 @@ TRAINING_ONLY = {
 }  # fmt: skip
 
 
-def build_parser() -> CompactErrorParser:
-    parser = CompactErrorParser(prog="evaluate.py", description="Score a checkpoint on a labelled split.")
-    parser.add_argument("--ckpt_path", type=str, required=True, help="a .ckpt from fit.py, or a tutorial .pth file")
-    parser.add_argument("--split", type=str, default="test", help=f"which split to score: {', '.join(SPLITS)}")
-    parser.add_argument(
-        "--tta", type=str | None, default=None, help="test-time augmentation (default: the checkpoint's)"
-    )
+def build_parser():
+    parser = config_parser(prog="evaluate.py", description="Score a checkpoint on a labelled split.")
+    add_model_options(parser)
+    parser.add_argument("--split", type=str, default="test", choices=SPLITS, help="which split to score")
     parser.add_argument("--output_dir", type=str | None, default=None, help="default: runs/evaluate/<ckpt>_<split>")
-    parser.add_argument("--trainer.accelerator", type=str, default="auto", help=f"one of {', '.join(ACCELERATORS)}")
     parser.add_class_arguments(CIFAR10DataModule, "data", skip=TRAINING_ONLY | set(HOLD_OUT))
     for name in HOLD_OUT:
         parser.add_argument(f"--data.{name}", type=int | None, default=None, help=HOLD_OUT_HELP)
@@ -72,11 +74,7 @@ def evaluate_main(args: list[str] | None = None) -> int:
 
     parser = build_parser()
     config = parser.parse_args(args)
-    if config.split not in SPLITS:
-        raise UsageError(f"--split {config.split}: use one of {', '.join(SPLITS)}")
-    if config.tta is not None and config.tta not in TTA_MODES:
-        raise UsageError(f"--tta {config.tta}: use one of {', '.join(TTA_MODES)}")
-    device = pick_device(config["trainer.accelerator"])
+    device = pick_device(config.accelerator)
     reuse_freed_memory()
     loaded = load_classifier(config.ckpt_path, tta=config.tta)
     data_args = {k: v for k, v in vars(config.data).items() if v is not None or k not in HOLD_OUT}

@@ -23,9 +23,8 @@ import torch
 
 from datamodules.atomic_files import fsync_dir, make_readable
 from datamodules.image_reader import ImageFileError, expand_inputs, read_image
-from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
+from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, add_model_options, one_line_errors
 from lightning_modules.inference.export import FORMATS, export_onnx, export_torchscript, parity
-from lightning_modules.inference.model import TTA_MODES
 
 
 def check_images(paths: list[str], size: int, count: int = 64) -> tuple[torch.Tensor, str]:
@@ -88,11 +87,10 @@ def export(
 @one_line_errors
 def export_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    add_model_options(parser)  # the export runs on the CPU: --trainer.accelerator is accepted and not used
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
     parser.add_argument("--output", help="output file (default: the checkpoint's name with .onnx or .pt)")
     parser.add_argument("--images", nargs="*", default=[], metavar="PATH", help="images for the parity check")
-    parser.add_argument("--tta", choices=TTA_MODES, default=None, help="views baked in (default: the checkpoint's)")
     args = parser.parse_args(argv)
     output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
     diff, limit, mismatches, described = export(args.ckpt_path, args.format, output, args.images, args.tta)

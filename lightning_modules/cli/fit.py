@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import Namespace
@@ -32,7 +32,13 @@ from datamodules import CIFAR10DataModule
 from lightning_modules.callbacks import LastCheckpoint, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
-from lightning_modules.cli.frame import UsageError, cpu_has_native_bf16, one_line_errors, reuse_freed_memory
+from lightning_modules.cli.frame import (
+    OneLineErrors,
+    UsageError,
+    cpu_has_native_bf16,
+    one_line_errors,
+    reuse_freed_memory,
+)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
@@ -66,16 +72,11 @@ DEFAULTS = {
 }
 
 
-class CompactErrorParser(LightningArgumentParser):
-    """Reports a bad option in one line instead of a hundred lines of usage."""
+class CompactErrorParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser with the frame's one-line errors."""
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        parts = [line.strip(" -") for line in str(message).splitlines() if line.strip(" -")]
-        text = " ".join(parts[:1]) + (" " + "; ".join(parts[1:]) if parts[1:] else "")
-        if "model.net" in text:
-            text += f" (networks: {', '.join(sorted(NETS))}; or a full class path)"
-        sys.stderr.write(f"error: {text} (see --help for every option)\n")
-        self.exit(2)
+    def hint(self, message: str) -> str:
+        return f" (networks: {', '.join(sorted(NETS))}; or a full class path)" if "model.net" in message else ""
 
 
 class ClassifierCLI(LightningCLI):
@@ -173,12 +174,15 @@ class ClassifierCLI(LightningCLI):
         return str(last)
 
 
-@one_line_errors(also=(MisconfigurationException,))  # Lightning's own configuration errors are one line too
-def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resume_hint: bool = True) -> int:
-    """Entry point of scripts/fit.py: fit, then test the best checkpoint, as the tutorial did.
+def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resume_hint: bool = True) -> dict[str, Any]:
+    """Fit, then test the best checkpoint, as the tutorial did; returns what the run measured.
 
-    ``callbacks`` join the configured ones (scripts/sweep.py adds its pruning callback);
-    ``resume_hint`` false leaves the resume command out of the message after Ctrl-C.
+    The result is what report.json holds (``best_val_acc``, ``test``, ``epochs``, ``wall_time_s``,
+    ``train_seconds``, ``config``, ...) plus ``run_dir``, so callers (sweep.py, the benchmarks, tests)
+    never read files or output back. ``args`` are fit.py's options; ``callbacks`` join the configured
+    ones (sweep.py adds its pruning callback); ``resume_hint`` false leaves the resume command out of
+    the message after Ctrl-C. Raises the project's errors (``UsageError``, ``DataError``, ...);
+    ``SystemExit(2)`` for a bad option and ``SystemExit(130)`` when interrupted.
     """
     reuse_freed_memory()
     cli = ClassifierCLI(args=args)
@@ -206,6 +210,15 @@ def fit_main(args: list[str] | None = None, callbacks: Sequence[Callback] = (), 
         if best:
             print(f"Best checkpoint: {best} (val/acc {float(trainer.checkpoint_callback.best_model_score):.4f})")
         print(f"Run directory: {log_dir}")
+    run_dir = Path(log_dir or trainer.default_root_dir)
+    report = next(c for c in trainer.callbacks if isinstance(c, RunReport))
+    return {**report.summary(trainer, run_dir), "run_dir": str(run_dir)}
+
+
+@one_line_errors(also=(MisconfigurationException,))  # Lightning's own configuration errors are one line too
+def fit_main(args: list[str] | None = None) -> int:
+    """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
+    fit(args)
     return 0
 
 
@@ -253,7 +266,7 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
     if saved.get("net") != model.hparams.get("net"):
         differs = ("network", _describe(saved.get("net")), _describe(model.hparams.get("net")))
     elif saved.get("optimizer") and _class_path(saved["optimizer"]) != _class_path(model.hparams.get("optimizer")):
-        differs = ("optimiser", _class_path(saved["optimizer"]), _class_path(model.hparams.get("optimizer")))
+        differs = ("optimiser", saved["optimizer"].get("class_path"), model.hparams["optimizer"].get("class_path"))
     if differs:
         what, before, now = differs
         raise UsageError(

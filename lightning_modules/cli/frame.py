@@ -24,13 +24,105 @@ class UsageError(Exception):
     """A command-line, configuration or input mistake; the message says how to fix it."""
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse with the frame's error form: one line ``error: ...`` and exit status 2, instead of
-    argparse's usage block (which lists every option and buries the one mistake)."""
+def one_line(message: str) -> str:
+    """A parser's message in one line: its first line, then the others joined by "; "."""
+    parts = [line.strip(" -") for line in str(message).splitlines() if line.strip(" -")]
+    return " ".join(parts[:1]) + (" " + "; ".join(parts[1:]) if parts[1:] else "")
 
-    def error(self, message: str):
-        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-        self.exit(2)
+
+class OneLineErrors:
+    """The frame's error form for any argparse or jsonargparse parser (a mixin): a bad command line
+    raises ``UsageError``, which the command's ``one_line_errors`` prints as one line ``error: ...``
+    with exit status 2, instead of the usage block, which lists every option and buries the one
+    mistake. In-process callers (tests, sweep.py checking fit.py's options) get the error itself."""
+
+    def hint(self, message: str) -> str:
+        """What to add to a message: a parser names its valid choices here."""
+        return ""
+
+    def error(self, message: str, ex: Exception | None = None):
+        text = one_line(message)
+        raise UsageError(f"{self.prog}: {text}{self.hint(text)} (see {self.prog} --help)")
+
+
+class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """argparse with the frame's one-line errors: the parser of predict, export, serve, compare and
+    sweep (fit and evaluate use jsonargparse's, with the same errors)."""
+
+
+def positive_int(text: str) -> int:
+    """An argument type: a whole number >= 1 (``--top_k 0`` is refused while parsing, in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (use 1 or more)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argument type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argument type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (use 0 to 65535)")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argument type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def config_parser(**kwargs):
+    """A jsonargparse parser with the frame's one-line errors, for commands that also take a class's
+    arguments (evaluate.py: the DataModule's). jsonargparse is imported here, not by predict and the
+    other argparse commands, which start faster without it."""
+    from jsonargparse import ArgumentParser
+
+    class OneLineConfigParser(OneLineErrors, ArgumentParser):
+        pass
+
+    return OneLineConfigParser(**kwargs)
+
+
+def add_model_options(parser, *, ckpt_help: str = "a .ckpt from scripts/fit.py, or a tutorial .pth file") -> None:
+    """The options every command that uses a trained model shares, declared once, with types that
+    refuse bad values while parsing: ``--ckpt_path``, ``--tta`` and ``--trainer.accelerator`` (read as
+    ``accelerator``). Works on the frame's argparse parser and on jsonargparse's."""
+    from lightning_modules.inference.model import TTA_MODES
+
+    parser.add_argument("--ckpt_path", required=True, help=ckpt_help)
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation (default: the checkpoint's own)"
+    )
+    parser.add_argument(
+        "--trainer.accelerator",
+        dest="accelerator",
+        default="auto",
+        choices=ACCELERATORS,
+        help="device, as in fit.py: auto picks cuda, then mps, then cpu",
+    )
 
 
 def expected_errors() -> tuple[type[Exception], ...]:

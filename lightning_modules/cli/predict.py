@@ -26,14 +26,14 @@ from pathlib import Path
 from datamodules.atomic_files import atomic_write
 from datamodules.image_reader import expand_inputs
 from lightning_modules.cli.frame import (
-    ACCELERATORS,
     OneLineArgumentParser,
     UsageError,
+    add_model_options,
     one_line_errors,
     pick_device,
+    positive_int,
     reuse_freed_memory,
 )
-from lightning_modules.inference.model import TTA_MODES
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -43,21 +43,11 @@ def build_parser() -> OneLineArgumentParser:
         prog="predict.py",
         description="Classify images with a trained checkpoint (ours, or the tutorial's .pth files).",
     )
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    add_model_options(parser)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    parser.add_argument("--top_k", type=int, default=1, help="also list the K most likely classes (default 1)")
+    parser.add_argument("--top_k", type=positive_int, default=1, help="also list the K most likely classes (default 1)")
     parser.add_argument("--output", help="write every result to this .json or .csv file (written atomically)")
-    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
-    parser.add_argument(
-        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation (default: the checkpoint's own)"
-    )
-    parser.add_argument(
-        "--trainer.accelerator",
-        dest="accelerator",
-        default="auto",
-        choices=ACCELERATORS,
-        help="device, as in fit.py: auto picks cuda, then mps, then cpu",
-    )
+    parser.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     return parser
 
 
@@ -73,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.paths:
         raise UsageError("no inputs: pass image files, folders or glob patterns after the options")
-    if args.top_k < 1 or args.batch_size < 1:
-        raise UsageError("--top_k and --batch_size must be positive integers")
     if args.output and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
         raise UsageError(f"--output {args.output}: the file name must end in {' or '.join(OUTPUT_FORMATS)}")
     device = pick_device(args.accelerator)

@@ -22,8 +22,14 @@ import torch
 from fastapi import HTTPException
 
 from datamodules.image_reader import MAX_PIXELS, ImageFileError, read_image
-from lightning_modules.cli.frame import ACCELERATORS, OneLineArgumentParser, UsageError, one_line_errors
-from lightning_modules.inference.model import TTA_MODES
+from lightning_modules.cli.frame import (
+    OneLineArgumentParser,
+    add_model_options,
+    non_negative_float,
+    one_line_errors,
+    port_number,
+    positive_int,
+)
 from lightning_modules.inference.predictor import rank
 
 IMAGE_FIELD = "image_b64"
@@ -165,32 +171,27 @@ class ClassifierAPI(ls.LitAPI):
 @one_line_errors
 def serve_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt from scripts/fit.py, or a tutorial .pth file")
+    add_model_options(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"), help="address to bind (loopback only)"
     )
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--top_k", type=int, default=3, help="classes listed in top_k (default 3)")
-    parser.add_argument("--max_batch_size", type=int, default=32, help="requests run together (default 32)")
-    parser.add_argument("--batch_timeout", type=float, default=0.005, help="seconds to wait to fill a batch")
-    parser.add_argument("--max_bytes", type=int, default=10_000_000, help="largest request body (default 10 MB)")
-    parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
+    parser.add_argument("--port", type=port_number, default=8000)
+    parser.add_argument("--top_k", type=positive_int, default=3, help="classes listed in top_k (default 3)")
+    parser.add_argument("--max_batch_size", type=positive_int, default=32, help="requests run together (default 32)")
+    parser.add_argument(
+        "--batch_timeout", type=non_negative_float, default=0.005, help="seconds to wait to fill a batch"
+    )
+    parser.add_argument(
+        "--max_bytes", type=positive_int, default=10_000_000, help="largest request body (default 10 MB)"
+    )
+    parser.add_argument("--workers", type=positive_int, default=1, help="inference worker processes (default 1)")
     parser.add_argument(
         "--max_pixels",
-        type=int,
+        type=positive_int,
         default=SERVE_MAX_PIXELS,
         help=f"largest image a request may send, in pixels (default {SERVE_MAX_PIXELS:,}; bounds decode work)",
     )
-    parser.add_argument(
-        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation (default: the checkpoint's)"
-    )
-    parser.add_argument("--trainer.accelerator", dest="accelerator", default="auto", choices=ACCELERATORS)
     args = parser.parse_args(argv)
-    if (
-        min(args.top_k, args.max_batch_size, args.max_bytes, args.workers, args.max_pixels) < 1
-        or args.batch_timeout < 0
-    ):
-        raise UsageError("--top_k, --max_batch_size, --max_bytes, --workers and --max_pixels must be positive")
 
     from lightning_modules.inference.checkpoints import load_classifier
 

@@ -10,7 +10,7 @@ after Ctrl-C, a crash or on another day goes on where it stopped, and several pr
 machines can share one database server. Trials report ``val/acc`` after each validation, and a
 trial the pruner finds behind the others at the same epoch stops there.
 
-The search space is YAML, one entry per fit.py option::
+The search space is YAML, one entry per fit.py option, each an Optuna distribution::
 
     optimizer.init_args.lr: {type: float, low: 0.05, high: 1.0, log: true}
     data.batch_size: {type: categorical, choices: [128, 256, 512]}
@@ -20,36 +20,41 @@ The search space is YAML, one entry per fit.py option::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
-import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from datamodules.atomic_files import atomic_write
-from lightning_modules.cli.frame import UsageError, one_line_errors
+from lightning_modules.cli.frame import (
+    OneLineArgumentParser,
+    UsageError,
+    one_line_errors,
+    positive_float,
+    positive_int,
+)
+from lightning_modules.reporting.tables import mean_sd, pct, text_table
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
-TYPES = ("float", "int", "categorical")
 MONITOR = "val/acc"
+EXAMPLE = "optimizer.init_args.lr: {type: float, low: 0.05, high: 1.0, log: true}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
         prog="sweep.py",
         description="Search fit.py options with Optuna, or repeat one recipe over seeds. Unknown options go to fit.py.",
     )
     parser.add_argument("--space", help="search-space YAML (option: {type, low, high, log, step, choices})")
-    parser.add_argument("--seeds", type=int, help="instead of a search: run the recipe with seeds 0..N-1")
+    parser.add_argument("--seeds", type=positive_int, help="instead of a search: run the recipe with seeds 0..N-1")
     parser.add_argument("--config", action="append", default=[], help="fit.py config file(s), in order")
-    parser.add_argument("--n_trials", type=int, help="finished trials to reach (counting earlier sessions)")
-    parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    parser.add_argument("--n_trials", type=positive_int, help="finished trials to reach (counting earlier sessions)")
+    parser.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default: tpe (grid: choices only)")
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="stop trials behind the others")
     parser.add_argument("--name", help="study name (default: the space file's or the config's name)")
@@ -61,10 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 @one_line_errors
 def sweep_main(argv: list[str] | None = None) -> int:
-    args, fit_args = build_parser().parse_known_args(argv)
-    plan = make_plan(args, fit_args)
+    results, interrupted = sweep(argv)
+    return 130 if interrupted else 0
+
+
+def sweep(argv: list[str] | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Run (or go on with) a study; returns its finished trials (number, state, value, params, test_acc,
+    wall_s, run_dir) and whether Ctrl-C stopped it. The seed runner of the benchmarks too."""
     import optuna
 
+    args, fit_args = build_parser().parse_known_args(argv)
+    plan = make_plan(args, fit_args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = plan["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
@@ -72,13 +84,13 @@ def sweep_main(argv: list[str] | None = None) -> int:
     try:
         study = optuna.create_study(
             study_name=plan["name"], storage=storage, load_if_exists=True, direction="maximize",
-            sampler=plan["sampler"], pruner=make_pruner(plan["pruner"]),
+            sampler=plan["sampler"], pruner=plan["pruner"],
         )  # fmt: skip
     except Exception as err:  # a bad URL, an unreachable server, a damaged file
         raise UsageError(f"--storage {storage}: cannot open the study ({str(err).splitlines()[0][:200]})") from None
-    done = finished(study)
-    todo = plan["n_trials"] - len(done)
-    print(f"Study {plan['name']} in {storage}: {len(done)} finished trials, {max(todo, 0)} to go", file=sys.stderr)
+    todo = plan["n_trials"] - len(finished(study))
+    print(f"Study {plan['name']} in {storage}: {len(finished(study))} finished trials, {max(todo, 0)} to go",
+          file=sys.stderr)  # fmt: skip
     interrupted = False
     if todo > 0:
         try:
@@ -87,53 +99,67 @@ def sweep_main(argv: list[str] | None = None) -> int:
             interrupted = True
     report(study, plan)
     if interrupted:
-        print(
-            f"Interrupted: the {len(finished(study))} finished trials are kept in {storage}; "
-            "run the same command to go on",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
+        print(f"Interrupted: the {len(finished(study))} finished trials are kept in {storage}; "
+              "run the same command to go on", file=sys.stderr)  # fmt: skip
+    results = [
+        {"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params, **t.user_attrs}
+        for t in finished(study)
+    ]
+    return results, interrupted
 
 
 def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
     """Check everything that can be checked before the first trial; one-line errors otherwise."""
+    import optuna
+
     if (args.space is None) == (args.seeds is None):
         raise UsageError("pass --space FILE (a search) or --seeds N (repeats of one recipe), not both or neither")
-    for flag in ("n_trials", "seeds"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag} must be a positive integer; got {value}")
-    if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"--timeout must be a positive number of seconds; got {args.timeout}")
     for file in args.config:
         if not Path(file).is_file():
             raise UsageError(f"--config {file}: no such file")
     if args.seeds is not None:
-        space = {"seed_everything": {"type": "categorical", "choices": list(range(args.seeds))}}
+        space = {"seed_everything": optuna.distributions.CategoricalDistribution(list(range(args.seeds)))}
         name = args.name or f"{Path(args.config[-1]).stem if args.config else 'tutorial'}_seeds"
-        n_trials, pruner = args.n_trials or args.seeds, "none"
-        built_sampler = make_sampler("grid", space, args.seed)
+        n_trials, sampler, pruner = args.n_trials or args.seeds, "grid", "none"
     else:
         space = read_space(Path(args.space))
         name = args.name or Path(args.space).stem
         n_trials, sampler, pruner = args.n_trials, args.sampler, args.pruner
-        built_sampler = make_sampler(sampler, space, args.seed)  # refuses a grid over ranges
-        if sampler == "grid":
-            n_trials = n_trials or math.prod(len(spec["choices"]) for spec in space.values())
-        if n_trials is None and args.timeout is None:
-            raise UsageError("say how long to search: --n_trials N, --timeout SECONDS, or both")
-        n_trials = n_trials or 10**9
+    if sampler == "grid":
+        ranges = [k for k, d in space.items() if not isinstance(d, optuna.distributions.CategoricalDistribution)]
+        if ranges:
+            raise UsageError(f"--sampler grid needs choices for every option; {ranges} are ranges")
+        n_trials = n_trials or math.prod(len(d.choices) for d in space.values())
+    if n_trials is None and args.timeout is None:
+        raise UsageError("say how long to search: --n_trials N, --timeout SECONDS, or both")
     base = [a for file in args.config for a in ("--config", file)] + fit_args
     check_options(space, base, args.space or "--seeds")
-    output_dir = Path(args.output_dir or Path("runs", "sweeps", name))
+    samplers = {
+        "grid": lambda: optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=args.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=args.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=args.seed),
+    }
+    pruners = {  # median: two full trials before judging others, and never on the first validation
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
     return {
-        "name": name, "space": space, "base": base, "n_trials": n_trials, "pruner": pruner,
-        "output_dir": output_dir, "seeds": args.seeds is not None, "sampler": built_sampler,
+        "name": name, "space": space, "base": base, "n_trials": n_trials or 10**9, "seeds": args.seeds is not None,
+        "output_dir": Path(args.output_dir or Path("runs", "sweeps", name)), "sampler": samplers[sampler](),
+        "pruner": pruners[pruner](), "prune": pruner != "none",
     }  # fmt: skip
 
 
-def read_space(path: Path) -> dict[str, dict[str, Any]]:
+def read_space(path: Path) -> dict[str, Any]:
+    """The search space as Optuna distributions, which check their own ranges."""
+    import optuna
+
+    kinds = {
+        "float": optuna.distributions.FloatDistribution,
+        "int": optuna.distributions.IntDistribution,
+        "categorical": optuna.distributions.CategoricalDistribution,
+    }
     if not path.is_file():
         raise UsageError(f"--space {path}: no such file")
     try:
@@ -142,103 +168,70 @@ def read_space(path: Path) -> dict[str, dict[str, Any]]:
         raise UsageError(f"--space {path}: not readable YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(space, dict) or not space:
         raise UsageError(f"--space {path}: expected a mapping of fit.py options to ranges, e.g. {EXAMPLE}")
+    distributions = {}
     for key, spec in space.items():
         where = f"--space {path}, {key}"
-        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
-            raise UsageError(f"{where}: give a type, one of {', '.join(TYPES)}, e.g. {EXAMPLE}")
-        if spec["type"] == "categorical":
-            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
-                raise UsageError(f"{where}: a categorical needs a non-empty list of choices")
-            continue
-        number = float if spec["type"] == "float" else int
-        low, high = spec.get("low"), spec.get("high")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        if not isinstance(spec, dict) or spec.get("type") not in kinds:
+            raise UsageError(f"{where}: give a type, one of {', '.join(kinds)}, e.g. {EXAMPLE}")
+        options = {k: v for k, v in spec.items() if k != "type"}
+        bounds = [options.get("low"), options.get("high")]
+        if spec["type"] != "categorical" and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds
+        ):
             raise UsageError(f"{where}: a {spec['type']} needs finite numbers low and high")
-        if number is int and not (float(low).is_integer() and float(high).is_integer()):
+        if spec["type"] == "int" and not all(float(v).is_integer() for v in bounds):
             raise UsageError(f"{where}: an int needs whole numbers low and high")
-        if not low <= high or (spec.get("log") and low <= 0):
-            raise UsageError(f"{where}: needs low <= high (and low > 0 with log: true); got {low} and {high}")
-        unknown = set(spec) - {"type", "low", "high", "log", "step"}
-        if unknown:
-            raise UsageError(f"{where}: unknown keys {sorted(unknown)}; use low, high, log, step")
-    return space
+        try:
+            distributions[key] = kinds[spec["type"]](**options)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{where}: {str(err).replace('__init__() ', '')}") from None
+    return distributions
 
 
-EXAMPLE = "optimizer.init_args.lr: {type: float, low: 0.05, high: 1.0, log: true}"
-
-
-def check_options(space: dict[str, dict], base: list[str], source: str) -> None:
+def check_options(space: dict[str, Any], base: list[str], source: str) -> None:
     """Build fit.py's configuration once, as a trial would, with the first value of each range, so that
     an unknown option or a value it refuses stops the sweep before any trial."""
     from lightning_modules.cli.fit import ClassifierCLI
 
-    sample = [a for key, spec in space.items() for a in (f"--{key}", str(first_value(spec)))]
-    said = io.StringIO()
+    sample = [a for key, d in space.items() for a in (f"--{key}", str(first_value(d)))]
     try:
-        with contextlib.redirect_stderr(said):  # the parser's own line goes into ours: one line in all
-            ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
-    except SystemExit:
-        reason = said.getvalue().strip().splitlines()[-1].removeprefix("error: ") if said.getvalue().strip() else ""
-        unknown = [key for key in space if "unrecognized" in reason.lower() and f"--{key}" in reason]
+        ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
+    except UsageError as err:
+        unknown = [key for key in space if "unrecognized" in str(err).lower() and f"--{key}" in str(err)]
         if unknown:
             raise UsageError(
                 f"{source}: {unknown[0]} is not an option of fit.py; options are dotted paths such as "
                 "model.label_smoothing, optimizer.init_args.lr, data.batch_size, trainer.max_epochs "
                 "(see scripts/fit.py --print_config)"
             ) from None
-        raise UsageError(f"{source}: fit.py refused the first value of a range, or its options: {reason}") from None
+        raise UsageError(f"{source}: fit.py refused the first value of a range, or its options: {err}") from None
 
 
-def first_value(spec: dict[str, Any]) -> Any:
-    return spec["choices"][0] if spec["type"] == "categorical" else spec["low"]
+def first_value(distribution) -> Any:
+    return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
 
 
-def make_sampler(name: str, space: dict[str, dict], seed: int):
-    import optuna
+def suggest(trial, key: str, distribution) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
 
-    if name == "grid":
-        not_listed = [k for k, spec in space.items() if spec["type"] != "categorical"]
-        if not_listed:
-            raise UsageError(f"--sampler grid needs choices for every option; {not_listed} are ranges")
-        return optuna.samplers.GridSampler({k: spec["choices"] for k, spec in space.items()}, seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def make_pruner(name: str):
-    import optuna
-
-    if name == "median":
-        # Two full trials before judging others, and never on the first validation.
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
-
-
-def suggest(trial, key: str, spec: dict[str, Any]) -> Any:
-    if spec["type"] == "categorical":
-        return trial.suggest_categorical(key, spec["choices"])
-    if spec["type"] == "int":
-        return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
-                                 log=bool(spec.get("log")))  # fmt: skip
-    return trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"), log=bool(spec.get("log")))
+    d = distribution
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(key, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
 
 
 def run_trial(trial, plan: dict[str, Any]) -> float:
     """One fit.py run with the trial's values; its best val/acc is the objective."""
-    import json
-
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from lightning_modules.cli.fit import fit_main
+    from lightning_modules.cli.fit import fit
 
-    values = {key: suggest(trial, key, spec) for key, spec in plan["space"].items()}
+    values = {key: suggest(trial, key, d) for key, d in plan["space"].items()}
     version = f"trial_{trial.number:03d}"
-    run_dir = plan["output_dir"] / "trials" / version
-    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("run_dir", str(plan["output_dir"] / "trials" / version))
     args = [
         *plan["base"],
         *[a for key, value in values.items() for a in (f"--{key}", str(value))],
@@ -247,28 +240,26 @@ def run_trial(trial, plan: dict[str, Any]) -> float:
         "--trainer.logger.init_args.version", version,
     ]  # fmt: skip
     print(f"Trial {trial.number}: {values}", file=sys.stderr)
-    callbacks = [PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if plan["pruner"] != "none" else []
+    callbacks = [PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if plan["prune"] else []
     start = time.perf_counter()
     try:
-        status = fit_main(args, callbacks=callbacks, resume_hint=False)
+        result = fit(args, callbacks=callbacks, resume_hint=False)
     except SystemExit as exit_:
-        if exit_.code == 130:  # Ctrl-C or SIGTERM: fit_main has said what it saved
+        if exit_.code == 130:  # Ctrl-C or SIGTERM: fit has said what it saved
             raise KeyboardInterrupt from None
-        status = exit_.code if isinstance(exit_.code, int) else 1
+        raise RuntimeError(f"trial {trial.number} failed (exit status {exit_.code}); see the lines above") from None
     except optuna.TrialPruned:
         trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
         raise
+    except UsageError as err:
+        raise RuntimeError(f"trial {trial.number} failed: {err}") from None
     trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
-    report_file = run_dir / "report.json"
-    if status != 0 or not report_file.is_file():
-        raise RuntimeError(f"trial {trial.number} failed (exit status {status}); see the lines above")
-    report = json.loads(report_file.read_text())
-    if report.get("best_val_acc") is None:
+    if result["best_val_acc"] is None:
         raise RuntimeError(f"trial {trial.number} never validated: {MONITOR} is what the sweep maximises")
-    test = (report.get("test") or {}).get("test/acc")
+    test = (result.get("test") or {}).get("test/acc")
     if test is not None:
         trial.set_user_attr("test_acc", test)
-    return float(report["best_val_acc"])
+    return float(result["best_val_acc"])
 
 
 def finished(study) -> list:
@@ -278,40 +269,35 @@ def finished(study) -> list:
     return study.get_trials(deepcopy=False, states=states)
 
 
-def mean_sd(values: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
-    """``mean ± sd`` (sample standard deviation) of the values times ``scale``, missing ones left out."""
-    values = [scale * v for v in values if v is not None]
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "-"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def report(study, plan: dict[str, Any]) -> None:
-    """The trials as a table and a PNG; the best configuration as a ready --config file; seeds as mean +- sd."""
+    """The trials as a table and a chart; the best configuration as a ready --config file; mean +- sd."""
     import optuna
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.RUNNING]
     if not trials:
         return
-    rows = [("trial", "state", "val/acc", "test/acc", "wall s", "values")]
-    for t in trials:
-        rows.append((
-            str(t.number), t.state.name.lower(), pct(t.value if t.value is not None else last_reported(t)),
-            pct(t.user_attrs.get("test_acc")), str(t.user_attrs.get("wall_s", "-")),
-            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
-        ))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
+    rows = [
+        (t.number, t.state.name.lower(), pct(t.value if t.value is not None else last_reported(t)),
+         pct(t.user_attrs.get("test_acc")), t.user_attrs.get("wall_s", "-"),
+         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+        for t in trials
+    ]  # fmt: skip
+    print(text_table(("trial", "state", "val/acc", "test/acc", "wall s", "values"), rows, right=(0, 2, 3, 4)))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
     out = plan["output_dir"]
-    plot_trials(trials, out / "trials.png")
-    vals = [t.value for t in complete]
+    with warnings.catch_warnings():  # optuna's matplotlib plots are marked experimental
+        warnings.simplefilter("ignore")
+        axes = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=f"{MONITOR} (0-1)")
+    axes.figure.savefig(out / "trials.png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(axes.figure)
     tests = [t.user_attrs["test_acc"] for t in complete if "test_acc" in t.user_attrs]
     walls = [t.user_attrs["wall_s"] for t in complete if "wall_s" in t.user_attrs]
     print(
-        f"{len(complete)} complete trials: val/acc {mean_sd(vals, 100)}%"
+        f"{len(complete)} complete trials: val/acc {mean_sd([t.value for t in complete], 100)}%"
         + (f", test/acc {mean_sd(tests, 100)}%" if tests else "")
         + (f", {mean_sd(walls, digits=0)} s per trial" if walls else "")
     )
@@ -319,8 +305,8 @@ def report(study, plan: dict[str, Any]) -> None:
         return  # repeats of one recipe: there is no best configuration to keep
     best = study.best_trial
     written = write_best_config(best, plan, out / "best.yaml")
-    print(f"Best: trial {best.number}, val/acc {pct(best.value)} ({best.params}); config: {written}; plot: "
-          f"{out / 'trials.png'}")  # fmt: skip
+    print(f"Best: trial {best.number}, val/acc {pct(best.value)} ({best.params}); config: {written}; "
+          f"plot: {out / 'trials.png'}")  # fmt: skip
 
 
 def last_reported(trial) -> float | None:
@@ -328,41 +314,9 @@ def last_reported(trial) -> float | None:
     return values[max(values)] if values else None
 
 
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def plot_trials(trials: list, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x"), ("FAIL", "^")):
-        points = [(t.number, t.value if t.value is not None else last_reported(t)) for t in trials
-                  if t.state.name == state]  # fmt: skip
-        points = [(n, 100 * v) for n, v in points if v is not None]
-        if points:
-            ax.scatter(*zip(*points, strict=True), marker=marker, label=state.lower())
-    best_so_far, best = [], -math.inf
-    for t in trials:
-        if t.state.name == "COMPLETE":
-            best = max(best, 100 * t.value)
-        best_so_far.append((t.number, best))
-    ax.step(*zip(*[(n, b) for n, b in best_so_far if b > -math.inf], strict=True), where="post", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{MONITOR} (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def write_best_config(best, plan: dict[str, Any], path: Path) -> Path:
     """The best trial's full config.yaml, with its own run directory replaced by runs/<name>_best."""
-    source = Path(best.user_attrs["run_dir"]) / "config.yaml"
-    config = yaml.safe_load(source.read_text())
+    config = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "config.yaml").read_text())
     logger = (config.get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
         logger["init_args"].update(save_dir="runs", name=f"{plan['name']}_best", version=None)

@@ -2,6 +2,6 @@
 figures (figures.py) and the confusion matrix they are drawn from (confusion.py); shared by the
 callbacks, compare.py, sweep.py and the benchmarks. Nothing here is a callback or trains."""
 
-from lightning_modules.reporting.tables import markdown_table, pct, text_table
+from lightning_modules.reporting.tables import markdown_table, mean_sd, pct, text_table
 
-__all__ = ["markdown_table", "pct", "text_table"]
+__all__ = ["markdown_table", "mean_sd", "pct", "text_table"]

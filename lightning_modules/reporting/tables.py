@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 
 def pct(value: float | None, missing: str = "-") -> str:
     """A share as a percentage with two decimals (0.8597 -> ``85.97%``); ``missing`` for None."""
     return missing if value is None else f"{100 * float(value):.2f}%"
+
+
+def mean_sd(values: Sequence[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± sd`` (sample standard deviation) of the values times ``scale``, missing ones left out."""
+    values = [scale * v for v in values if v is not None]
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:

@@ -5,7 +5,7 @@ python scripts/bench/gpu_profile.py --data_dir IMAGES --recipe configs/fast.yaml
 python scripts/bench/gpu_profile.py --data_dir IMAGES --wait 2 --steps 3 \\
     --extra "--trainer.accelerator cpu --trainer.precision 32-true"         # a CPU dry run
 
-Runs fit.py's code path (fit_main with the recipe, its callbacks and its progress output) in this
+Runs fit.py's code path (fit() with the recipe, its callbacks and its progress output) in this
 process with one callback more: after --wait training steps and one discarded warm-up step it
 records --steps steps (host activity always; CUDA kernels, copies and memsets when the run is on a
 GPU), then stops the run, since only the steps' costs are wanted. Prints the top --top host ops and
@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.cli.fit import fit_main  # noqa: E402
+from lightning_modules.cli.fit import fit  # noqa: E402
 
 
 class ProfileSteps(Callback):
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wait must be >= 0 and --steps >= 1")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu_profile."))
     callback = ProfileSteps(args.wait, args.steps, Path(args.trace).resolve())
-    status = fit_main(fit_args(args, work), callbacks=[callback])
-    if status:
-        return status
+    fit(fit_args(args, work), callbacks=[callback])
     if callback.averages is None:
         print(f"error: the run ended before step {args.wait + 1 + args.steps}, the last one to profile; lower --wait "
               "or --steps, or train more steps (--extra '--trainer.max_epochs N')", file=sys.stderr)  # fmt: skip

@@ -5,7 +5,7 @@ python scripts/bench/overhead.py --data_dir DATA --only step --steps 400
 python scripts/bench/overhead.py --data_dir DATA --only startup --recipe configs/fast.yaml
 
   step     A network so small (two narrow convolutions, batch 64, 32x32) that a training step is
-           mostly the framework's own work, trained through fit.py's real path (fit_main with the
+           mostly the framework's own work, trained through fit.py's real path (fit() with the
            recipe's callbacks, metrics, logger, progress and checkpoints), and after each of its
            steps one step of a minimal plain loop on the same batch (scale, forward, loss,
            backward, optimizer step; nothing else) with its own copy of the network. Only steps
@@ -139,9 +139,9 @@ def interleaved_clock(warmup: int, steps: int):
 def step_ms(
     data_dir: str, recipe: str | None, warmup: int, steps: int, runs_dir: Path, extra=(), batch_size: int = 64
 ) -> dict:
-    """ms per training step of scripts/fit.py's path (fit_main itself, with the recipe's defaults) and
+    """ms per training step of scripts/fit.py's path (fit() itself, with the recipe's defaults) and
     of the plain step interleaved with it."""
-    from lightning_modules.cli.fit import fit_main
+    from lightning_modules.cli.fit import fit
 
     clock = interleaved_clock(warmup, steps)
     args = [
@@ -151,9 +151,7 @@ def step_ms(
         "--trainer.limit_val_batches", "2", "--trainer.check_val_every_n_epoch", "1", "--test", "false",
         "--trainer.logger.init_args.save_dir", str(runs_dir), *extra,
     ]  # fmt: skip
-    status = fit_main(args, callbacks=[clock])
-    if status:
-        raise SystemExit(f"error: fit.py's path failed (exit {status}) with {' '.join(args)}")
+    fit(args, callbacks=[clock])
     return {"fit": clock.fit_ms, "plain": clock.plain_ms, "steps_timed": [len(clock.fit), len(clock.plain_times)]}
 
 
@@ -208,7 +206,7 @@ def child_fit(stamp_path: str, fit_args: list[str]) -> int:
     """fit.py's main with a stamping callback: the same code path as ``python scripts/fit.py ARGS``."""
     from lightning.pytorch import Callback
 
-    from lightning_modules.cli.fit import fit_main
+    from lightning_modules.cli.fit import fit
 
     stamps = Stamps(stamp_path)
 
@@ -219,7 +217,8 @@ def child_fit(stamp_path: str, fit_args: list[str]) -> int:
         def on_train_batch_end(self, *args) -> None:
             stamps.step_ended()
 
-    return fit_main(fit_args, callbacks=[Stamping()])
+    fit(fit_args, callbacks=[Stamping()])
+    return 0
 
 
 def child_plain(stamp_path: str, cache_file: str, steps: int, batch_size: int, widths: list[int]) -> int:
