@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import random
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
 from datamodules.sources import CIFAR10_CLASSES
-from lightning_modules.inference.model import TTA_MODES, normalize_uint8, tta_logits
+from lightning_modules.inference.model import check_tta, net_logits, normalize_uint8, tta_logits
 from lightning_modules.metrics import StageScores
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
@@ -99,8 +98,7 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"--model.bias_lr_scale must be >= 0, got {bias_lr_scale}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}")
-        if tta not in TTA_MODES:
-            raise ValueError(f"--model.tta {tta!r}: use one of {', '.join(TTA_MODES)}")
+        check_tta(tta, "--model.tta")
         with warnings.catch_warnings():
             # Lightning warns about the nn.Module argument; it is replaced by a plain description below.
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
@@ -129,10 +127,7 @@ class ImageClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = normalize_uint8(images, self.mean, self.std).to(self._input_dtype())
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return net_logits(self.net, images, self.mean, self.std, self.hparams.channels_last, self._input_dtype())
 
     # True half precision (--trainer.precision bf16-true or 16-true): Lightning casts the whole module
     # to the half type before training or testing, after loading a checkpoint. As airbench does,
@@ -307,24 +302,6 @@ class ImageClassifier(L.LightningModule):
             )
         sample = split.images[:5000].to(self.device)
         init(normalize_uint8(sample, self.mean, self.std))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not save random-number-generator states. With them, a run resumed from an
-        # epoch-boundary checkpoint shuffles and augments exactly as the uninterrupted run would have.
-        checkpoint["rng_states"] = {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states")
-        if not states or self._trainer is None or not self.trainer.training:
-            return  # only resuming training needs them (not testing or predicting with a checkpoint)
-        random.setstate(states["python"])
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Trainable parameters in two groups: weights, and per-channel parameters (``bias_lr_scale``).

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
-from lightning_modules.callbacks import LastCheckpoint, RunReport
+from lightning_modules.callbacks import LastCheckpoint, RandomState, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import (
@@ -108,6 +108,8 @@ class ClassifierCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # Always (not in trainer.callbacks, which a config file replaces as a whole): exact resume.
+        trainer.callbacks.append(RandomState())
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

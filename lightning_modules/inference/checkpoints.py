@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from datamodules.sources import CIFAR10_CLASSES
-from lightning_modules.inference.model import TTA_MODES, InferenceClassifier
+from lightning_modules.inference.model import InferenceClassifier, check_tta
 from lightning_modules.nets import NETS, Tudui
 
 # Where a tutorial user's pickled Tudui may claim to come from.
@@ -52,9 +52,10 @@ def load_classifier(
     docstring), with the checkpoint's test-time augmentation unless ``tta`` overrides it."""
     model = _load(Path(path))
     if tta is not None:
-        if tta not in TTA_MODES:
-            raise CheckpointError(f"tta {tta!r}: use one of {', '.join(TTA_MODES)}")
-        model.tta = tta
+        try:
+            model.tta = check_tta(tta)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     _check_outputs(model, path)
     return model.to_device(map_location).eval()
 
@@ -154,8 +155,10 @@ def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str]
     if not all(v > 0 for v in std):
         raise CheckpointError(f"refused {path}: std {list(std)} must be > 0 in every channel")
     tta = hparams.get("tta", "none")
-    if tta not in TTA_MODES:
-        raise CheckpointError(f"refused {path}: tta {tta!r} is not one of {', '.join(TTA_MODES)}")
+    try:
+        check_tta(tta, "its tta")
+    except ValueError as err:
+        raise CheckpointError(f"refused {path}: {err}") from None
     return [str(n) for n in names], size, tuple(mean), tuple(std), tta
 
 

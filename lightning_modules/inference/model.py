@@ -32,14 +32,39 @@ def normalize_uint8(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
+def check_tta(tta: str, option: str = "tta") -> str:
+    """The one check of a test-time augmentation mode: ``ValueError`` naming the valid ones."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"{option} {tta!r}: use one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def net_logits(
+    net: nn.Module,
+    images: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The model's forward for one view, in training and inference alike: uint8 images normalised,
+    cast to the network's dtype (a half type under true half precision), laid out as the network is
+    (channels-last or not), through the network."""
+    x = normalize_uint8(images, mean, std)
+    if dtype != torch.float32:
+        x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return net(x)
+
+
 def tta_views(images: Tensor, tta: str) -> list[Tensor]:
     """The views of a batch that test-time augmentation averages.
 
     "none": the images; "mirror": also their mirror images; "mirror_translate": also both shifted
     by one pixel up-left and down-right (edges repeated), each mirrored (6 views, airbench's level 2).
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta {tta!r}: use one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     if tta == "none":
         return [images]
     views = [images, images.flip(-1)]
@@ -78,8 +103,7 @@ class InferenceClassifier(nn.Module):
         tta: str = "none",
     ) -> None:
         super().__init__()
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta {tta!r}: use one of {', '.join(TTA_MODES)}")
+        check_tta(tta)
         self.net = net
         self.class_names = [str(c) for c in class_names]
         self.num_classes = len(self.class_names)
@@ -100,10 +124,7 @@ class InferenceClassifier(nn.Module):
         return self
 
     def logits_one_view(self, images: Tensor) -> Tensor:
-        x = normalize_uint8(images, self.mean, self.std)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return net_logits(self.net, images, self.mean, self.std, self.channels_last)
 
     def forward(self, images: Tensor) -> Tensor:
         return tta_logits(self.logits_one_view, images, self.tta)
