@@ -91,3 +91,18 @@ def test_shared_model_options_refuse_bad_values_while_parsing(name, option, caps
     monkeypatch.chdir(tmp_path)  # m.ckpt does not exist: the value is refused before any file is read
     err = one_line_exit_2(COMMANDS[name], [*VALID[name], option, SHARED_BAD[option]], capsys)
     assert SHARED_BAD[option] in err and "choose from" in err
+
+
+@pytest.mark.parametrize(
+    "name, args, meant",
+    [
+        ("fit", ["--trainer.max_epoch", "3"], "--trainer.max_epochs"),  # shortened: refused, not guessed
+        ("fit", ["--model.lr", "0.05"], "--optimizer.lr"),  # was "ambiguous option" naming two wrong ones
+        ("fit", ["--model.label_smothing", "0.1"], "--model.label_smoothing"),
+        ("predict", ["--ckpt_path", "m.ckpt", "--top", "3", "x.png"], "--top_k"),
+        ("evaluate", ["--ckpt_path", "m.ckpt", "--splt", "val"], "--split"),
+    ],
+)
+def test_unknown_or_shortened_options_name_the_closest_real_one(name, args, meant, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert f"did you mean {meant}?" in one_line_exit_2(COMMANDS[name], args, capsys)

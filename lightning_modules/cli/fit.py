@@ -75,8 +75,16 @@ DEFAULTS = {
 class CompactErrorParser(OneLineErrors, LightningArgumentParser):
     """LightningCLI's parser with the frame's one-line errors."""
 
+    meant = {
+        "--model.lr": "--optimizer.lr", "--lr": "--optimizer.lr", "--model.weight_decay": "--optimizer.weight_decay",
+        "--model.momentum": "--optimizer.momentum", "--epochs": "--trainer.max_epochs",
+        "--max_epochs": "--trainer.max_epochs", "--batch_size": "--data.batch_size", "--data_dir": "--data.data_dir",
+    }  # fmt: skip
+
     def hint(self, message: str) -> str:
-        return f" (networks: {', '.join(sorted(NETS))}; or a full class path)" if "model.net" in message else ""
+        if "model.net" in message:
+            return f" (networks: {', '.join(sorted(NETS))}; or a full class path)"
+        return super().hint(message)
 
 
 class ClassifierCLI(LightningCLI):
@@ -90,7 +98,11 @@ class ClassifierCLI(LightningCLI):
             parser_class=CompactErrorParser,
             # Resuming writes into the same run directory, so its config.yaml is rewritten.
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": "Train a CIFAR-10 classifier, then test its best checkpoint."},
+            # Shortened option names are refused, not guessed: --trainer.max_epoch is not max_epochs.
+            parser_kwargs={
+                "description": "Train a CIFAR-10 classifier, then test its best checkpoint.",
+                "allow_abbrev": False,
+            },
         )
 
     def instantiate_classes(self) -> None:

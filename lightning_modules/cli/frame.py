@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import difflib
 import functools
 import os
 import platform
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +38,20 @@ class OneLineErrors:
     with exit status 2, instead of the usage block, which lists every option and buries the one
     mistake. In-process callers (tests, sweep.py checking fit.py's options) get the error itself."""
 
+    # Options users reach for that are spelled otherwise here: named in the error instead.
+    meant: dict[str, str] = {}
+
     def hint(self, message: str) -> str:
-        """What to add to a message: a parser names its valid choices here."""
+        """What to add to a message: the real option closest to an unknown one."""
+        unknown = re.search(r"unrecognized arguments: (.*)", message)
+        for word in unknown.group(1).split() if unknown else ():
+            option = word.split("=", 1)[0]
+            if not option.startswith("--"):
+                continue
+            close = difflib.get_close_matches(option, list(self._option_string_actions), n=1, cutoff=0.75)
+            guess = self.meant.get(option) or (close[0] if close else None)
+            if guess:
+                return f"; did you mean {guess}?"
         return ""
 
     def error(self, message: str, ex: Exception | None = None):
@@ -47,7 +61,11 @@ class OneLineErrors:
 
 class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
     """argparse with the frame's one-line errors: the parser of predict, export, serve, compare and
-    sweep (fit and evaluate use jsonargparse's, with the same errors)."""
+    sweep (fit and evaluate use jsonargparse's, with the same errors). Shortened option names are
+    refused, not guessed (``--top 3`` is not ``--top_k 3``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
 
 def positive_int(text: str) -> int:
@@ -103,7 +121,7 @@ def config_parser(**kwargs):
     class OneLineConfigParser(OneLineErrors, ArgumentParser):
         pass
 
-    return OneLineConfigParser(**kwargs)
+    return OneLineConfigParser(**{"allow_abbrev": False, **kwargs})
 
 
 def add_model_options(parser, *, ckpt_help: str = "a .ckpt from scripts/fit.py, or a tutorial .pth file") -> None:
