@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,16 +21,19 @@ from datamodules.sources import DataError, Split
 from datamodules.tensor_batches import TensorBatches, keep_batch
 
 SPLITS = ("train", "val", "test")
+DEFAULT_DATA_DIR = "data"
 
 
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 (or any image-folder tree) as uint8 batches, augmented on the training device.
 
     Args:
-        data_dir: a folder holding ``cifar-10-batches-py/`` (official CIFAR-10), or an image-folder
-            tree ``train/<class>/*`` with optional ``val/`` and ``test/``. An absent or empty
-            folder gets the official files downloaded into it when ``download`` is true.
-        download: allow downloading the official files.
+        data_dir: a folder holding ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` (official
+            CIFAR-10; the archive is unpacked once), or an image-folder tree ``train/<class>/*`` with
+            optional ``val/`` and ``test/``. An absent or empty folder gets the official files
+            downloaded into it when ``download`` allows.
+        download: allow downloading the official files. Default (null): only into the default
+            folder ``data``; true: into any absent or empty ``data_dir``; false: never.
         cache_dir: where decoded image folders are cached (default ``~/.cache/cifar10-lightning``).
         val_size: images held out of train for validation, by a seeded split; ignored when the
             tree has a ``val/`` folder.
@@ -57,7 +61,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        download: bool = True,
+        download: bool | None = None,
         cache_dir: str | None = None,
         val_size: int = 5000,
         split_seed: int = 0,
@@ -88,7 +92,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         # Known without decoding anything, so the CLI can link num_classes/class names into the model.
-        self.classes: list[str] = sources.discover_classes(data_dir, download)
+        # A mistyped --data.data_dir must not become a new folder with a download running into it.
+        self.download = download if download is not None else Path(data_dir) == Path(DEFAULT_DATA_DIR)
+        self.classes: list[str] = sources.discover_classes(data_dir, self.download)
         self.train_split: Split | None = None
         self.val_split: Split | None = None
         self.test_split: Split | None = None
@@ -113,7 +119,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         one split name from eval_dataloader) needs and that are not loaded yet: scoring test/ never reads
         train/, while fit reads every split, test included for the test after training."""
         hp = self.hparams
-        present = sources.available_splits(hp.data_dir, hp.download)
+        present = sources.available_splits(hp.data_dir, self.download)
         # Lightning's stages are str enums ("test" == TrainerFn.TESTING): compare, keep our own names.
         wanted = ("val",) if stage == "validate" else tuple(s for s in SPLITS if s == stage) or SPLITS
         read = set()
@@ -126,7 +132,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 read.add("train")
         return {
             "splits": tuple(s for s in SPLITS if s in read),
-            "download": hp.download,
+            "download": self.download,
             "cache_dir": hp.cache_dir,
             "image_size": hp.image_size,
             "skip_bad_images": hp.skip_bad_images,
@@ -150,7 +156,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         data = sources.load(self.hparams.data_dir, listing=listing, **kwargs)
         if data.classes != self.classes:
             raise DataError(f"class folders changed while starting up: {self.classes} -> {data.classes}")
-        present = sources.available_splits(self.hparams.data_dir, self.hparams.download)
+        present = sources.available_splits(self.hparams.data_dir, self.download)
         hold_out = data.train is not None and "val" not in present
         loaded = []
         if data.train is not None:
@@ -185,9 +191,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     @property
     def has_test_split(self) -> bool:
         # From the layout, so asking decodes nothing.
-        return self.test_split is not None or "test" in sources.available_splits(
-            self.hparams.data_dir, self.hparams.download
-        )
+        return self.test_split is not None or "test" in sources.available_splits(self.hparams.data_dir, self.download)
 
     def _loader(self, split: Split | None, name: str) -> DataLoader:
         """An evaluation loader: the split in its stored order, each image exactly once."""

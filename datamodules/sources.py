@@ -3,7 +3,8 @@
 Two layouts are understood, chosen from what ``data_dir`` holds:
 
 * official: ``data_dir/cifar-10-batches-py`` (read and md5-checked by torchvision, downloaded
-  into ``data_dir`` when it is absent or empty and downloading is allowed);
+  into ``data_dir`` when it is absent or empty and downloading is allowed), or the archive
+  ``data_dir/cifar-10-python.tar.gz`` as downloaded by hand (md5-checked and unpacked once);
 * image folder: ``data_dir/train/<class>/*`` with optional ``val/`` and ``test/`` beside it.
 
 Image folders are decoded once and cached as one ``.pt`` file per split in a cache directory
@@ -13,6 +14,7 @@ includes every file's path, size and mtime, so adding, removing or editing an im
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +42,10 @@ CIFAR10_CLASSES = (
     "truck",
 )
 OFFICIAL_FOLDER = "cifar-10-batches-py"
+OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"  # https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
+# The archive unpacks to 8 files, 178 MB; anything larger or longer is not that archive.
+ARCHIVE_MAX_BYTES = 200_000_000
+ARCHIVE_MAX_MEMBERS = 16
 SPLITS = ("train", "val", "test")
 # Bump when the cache layout or decoding changes, so old caches are rebuilt, not misread.
 # 3: decoded by the one image reader (image_reader.py), the same as predict and serve; val/test
@@ -92,7 +98,7 @@ class Listing:
 def detect_layout(data_dir: str | os.PathLike, download: bool) -> str:
     """Return "official" or "folder" for ``data_dir``, or raise DataError saying what to put there."""
     root = Path(data_dir)
-    if (root / OFFICIAL_FOLDER).is_dir():
+    if (root / OFFICIAL_FOLDER).is_dir() or (root / OFFICIAL_ARCHIVE).is_file():
         return "official"
     if (root / "train").is_dir():
         return "folder"
@@ -104,12 +110,13 @@ def detect_layout(data_dir: str | os.PathLike, download: bool) -> str:
         return "official"
     if not root.exists():
         raise DataError(
-            f"data_dir {root} does not exist: create it and allow --data.download true, or point "
-            f"--data.data_dir at a folder holding {OFFICIAL_FOLDER}/ or train/<class>/*"
+            f"data_dir {root} does not exist: check the path, or pass --data.download true to download "
+            f"CIFAR-10 into it, or point --data.data_dir at a folder holding {OFFICIAL_ARCHIVE}, "
+            f"{OFFICIAL_FOLDER}/ or train/<class>/*"
         )
     raise DataError(
-        f"data_dir {root} holds neither {OFFICIAL_FOLDER}/ nor train/<class>/ folders; point "
-        f"--data.data_dir at the folder that contains them"
+        f"data_dir {root} holds neither {OFFICIAL_ARCHIVE}, {OFFICIAL_FOLDER}/ nor train/<class>/ folders; "
+        f"point --data.data_dir at the folder that contains them"
     )
 
 
@@ -180,10 +187,53 @@ def default_cache_dir() -> Path:
 # Official CIFAR-10 batches
 
 
+def unpack_archive(root: Path) -> None:
+    """Unpack ``root/cifar-10-python.tar.gz`` into ``root/cifar-10-batches-py``, once: md5-checked,
+    only regular files under that one folder (no links, no paths outside it), bounded in size, and
+    through a temporary folder renamed into place, so a failed unpack leaves nothing half-done."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    from torchvision.datasets import cifar
+
+    archive = root / OFFICIAL_ARCHIVE
+    if not cifar.check_integrity(str(archive), cifar.CIFAR10.tgz_md5):
+        raise DataError(
+            f"{archive} is not the CIFAR-10 archive (its md5 differs from {cifar.CIFAR10.tgz_md5}): download it "
+            "again from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+        )
+    temp = Path(tempfile.mkdtemp(dir=root, prefix=".unpacking-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members, total = tar.getmembers(), 0
+            for member in members[: ARCHIVE_MAX_MEMBERS + 1]:
+                parts = Path(member.name).parts
+                total += member.size
+                if (
+                    len(members) > ARCHIVE_MAX_MEMBERS or total > ARCHIVE_MAX_BYTES
+                    or not (member.isfile() or member.isdir())
+                    or not parts or parts[0] != OFFICIAL_FOLDER or ".." in parts or Path(member.name).is_absolute()
+                ):  # fmt: skip
+                    raise DataError(
+                        f"{archive}: unexpected entry {member.name!r} (only {OFFICIAL_FOLDER}/ files belong there); "
+                        "download the archive again"
+                    )
+            tar.extractall(temp, members=members, filter="data")
+        os.replace(temp / OFFICIAL_FOLDER, root / OFFICIAL_FOLDER)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"cannot unpack {archive} ({err}); download it again, or unpack it by hand there") from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def _official_dataset(root: Path, train: bool, download: bool):
     from torchvision.datasets import CIFAR10
 
+    if not (root / OFFICIAL_FOLDER).is_dir() and (root / OFFICIAL_ARCHIVE).is_file():
+        unpack_archive(root)
     present = (root / OFFICIAL_FOLDER).is_dir()
+    created = not root.exists()
     try:
         return CIFAR10(str(root), train=train, download=download and not present)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
@@ -197,9 +247,13 @@ def _official_dataset(root: Path, train: bool, download: bool):
             f"--data.download true, or point --data.data_dir at an image-folder tree"
         ) from None
     except OSError as err:  # URLError, socket and DNS failures, disk errors while downloading
+        if created:  # a failed start leaves nothing behind
+            with contextlib.suppress(OSError):
+                root.rmdir()
         raise DataError(
-            f"could not download CIFAR-10 into {root} ({err}): put the official {OFFICIAL_FOLDER}/ "
-            f"folder there, or point --data.data_dir at an image-folder tree (train/<class>/*.png)"
+            f"could not download CIFAR-10 into {root} ({err}): download {OFFICIAL_ARCHIVE} by hand "
+            f"(https://www.cs.toronto.edu/~kriz/{OFFICIAL_ARCHIVE}) and put it in {root}/, or point "
+            "--data.data_dir at an image-folder tree (train/<class>/*.png)"
         ) from None
 
 

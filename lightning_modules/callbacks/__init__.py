@@ -1,6 +1,7 @@
 """The project's Lightning callbacks, one per module. Each is self-contained: it reads Lightning's
 hooks and the module's step outputs, never the module's private state."""
 
+from lightning_modules.callbacks.best_checkpoint import BestCheckpoint
 from lightning_modules.callbacks.last_checkpoint import LastCheckpoint
 from lightning_modules.callbacks.lookahead import Lookahead
 from lightning_modules.callbacks.progress import LineProgress
@@ -10,6 +11,7 @@ from lightning_modules.callbacks.tensorboard_figures import TensorBoardFigures
 from lightning_modules.callbacks.throughput import ImagesPerSecond
 
 __all__ = [
+    "BestCheckpoint",
     "ImagesPerSecond",
     "LastCheckpoint",
     "LineProgress",

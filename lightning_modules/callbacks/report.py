@@ -165,7 +165,10 @@ class RunReport(L.Callback):
             print(per_class_table(self.test["per_class"]))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.write(trainer)  # what finished before the interruption
+        # What finished before the interruption; a start that failed before any step reports nothing
+        # (and leaves no run folder behind).
+        if self.epochs or self.test or trainer.global_step > 0:
+            self.write(trainer)
 
     def summary(self, trainer, run_dir: Path) -> dict[str, Any]:
         rates = [row["train/images_per_s"] for row in self.epochs.values() if "train/images_per_s" in row]

@@ -21,7 +21,6 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -29,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
-from lightning_modules.callbacks import LastCheckpoint, RandomState, RunReport
+from lightning_modules.callbacks import BestCheckpoint, LastCheckpoint, RandomState, RunReport
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import (
@@ -134,7 +133,7 @@ class ClassifierCLI(LightningCLI):
         parser.add_argument("--test", type=bool, default=True, help="Test the best checkpoint after fitting.")
         # Always present (not in trainer.callbacks, which a config file replaces as a whole): testing
         # "the best checkpoint" needs the first, resuming with --ckpt_path last the second.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(RunReport, "report")
         parser.add_optimizer_args((torch.optim.Optimizer,), link_to="model.optimizer")
@@ -223,7 +222,8 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     if trainer.is_global_zero:
         if best:
             print(f"Best checkpoint: {best} (val/acc {float(trainer.checkpoint_callback.best_model_score):.4f})")
-        print(f"Run directory: {log_dir}")
+        if log_dir:  # none under --trainer.fast_dev_run, which writes nothing
+            print(f"Run directory: {log_dir}")
     run_dir = Path(log_dir or trainer.default_root_dir)
     report = next(c for c in trainer.callbacks if isinstance(c, RunReport))
     return {**report.summary(trainer, run_dir), "run_dir": str(run_dir)}
