@@ -6,14 +6,33 @@ import sys
 import time
 
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+# Shown in the bar and the lines once logged (each epoch): what a user watches.
+WATCHED = ("val/loss", "val/acc", "train/images_per_s")
 
 
 def progress_bar_class_path() -> str:
     """Rich's bar for an interactive terminal; plain lines for CI logs and files (no control characters)."""
     if sys.stdout.isatty() and sys.stderr.isatty():
-        return "lightning.pytorch.callbacks.RichProgressBar"
+        return "lightning_modules.callbacks.progress.LiveBar"
     return "lightning_modules.callbacks.LineProgress"
+
+
+class LiveBar(RichProgressBar):
+    """Lightning's rich bar, showing what the plain lines show: val/loss, val/acc and images/s once
+    an epoch has logged them, and not the logger's version number (``v_num``), which means nothing
+    to a reader. Epochs are numbered from 0 as everywhere in the project (checkpoint names, reports,
+    the plain lines): ``Epoch 6/6`` is the last of 7."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        for key in WATCHED:
+            value = trainer.callback_metrics.get(key)
+            if value is not None and key not in items:
+                items[key] = f"{float(value):.0f}" if key.endswith("per_s") else f"{float(value):.4f}"
+        return items
 
 
 class LineProgress(ProgressBar):
@@ -91,6 +110,8 @@ class LineProgress(ProgressBar):
         if trainer.max_epochs and trainer.max_epochs > 0:
             remaining = max(trainer.max_epochs - epochs_done, 0) * elapsed / epochs_done
             left = f" | {elapsed:.0f} s elapsed, ~{remaining:.0f} s left"
-        epoch = f"epoch {trainer.current_epoch}/{trainer.max_epochs}"
-        keys = ("val/loss", "val/acc", "train/images_per_s") if with_validation else ("train/images_per_s",)
+        # Numbered from 0, last = max_epochs - 1, as Lightning's bar, the checkpoints and the report do.
+        last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        epoch = f"epoch {trainer.current_epoch}{last}"
+        keys = WATCHED if with_validation else ("train/images_per_s",)
         self._print(f"{epoch} step {trainer.global_step} | {self._fields(keys)}{left}")
