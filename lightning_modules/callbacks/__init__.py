@@ -2,6 +2,7 @@
 hooks and the module's step outputs, never the module's private state."""
 
 from lightning_modules.callbacks.best_checkpoint import BestCheckpoint
+from lightning_modules.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from lightning_modules.callbacks.last_checkpoint import LastCheckpoint
 from lightning_modules.callbacks.lookahead import Lookahead
 from lightning_modules.callbacks.progress import LineProgress
@@ -15,8 +16,10 @@ __all__ = [
     "ImagesPerSecond",
     "LastCheckpoint",
     "LineProgress",
+    "NonFiniteLossError",
     "Lookahead",
     "RandomState",
     "RunReport",
+    "StopOnNonFiniteLoss",
     "TensorBoardFigures",
 ]

@@ -42,6 +42,10 @@ class LastCheckpoint(ModelCheckpoint):
 
     @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning_modules.callbacks.finite_loss import NonFiniteLossError
+
+        if isinstance(exception, NonFiniteLossError):
+            return  # the weights are NaN: last.ckpt keeps the last good epoch
         if trainer.validating:
             self.kept_previous = True
             return

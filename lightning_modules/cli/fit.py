@@ -24,11 +24,18 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules import CIFAR10DataModule
-from lightning_modules.callbacks import BestCheckpoint, LastCheckpoint, RandomState, RunReport
+from lightning_modules.callbacks import (
+    BestCheckpoint,
+    LastCheckpoint,
+    NonFiniteLossError,
+    RandomState,
+    RunReport,
+    StopOnNonFiniteLoss,
+)
 from lightning_modules.callbacks.progress import progress_bar_class_path
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import (
@@ -38,6 +45,7 @@ from lightning_modules.cli.frame import (
     one_line_errors,
     reuse_freed_memory,
 )
+from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
@@ -119,8 +127,9 @@ class ClassifierCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        # Always (not in trainer.callbacks, which a config file replaces as a whole): exact resume.
-        trainer.callbacks.append(RandomState())
+        # Always (not in trainer.callbacks, which a config file replaces as a whole): exact resume,
+        # and a diverged run stops instead of reporting NaN as a result.
+        trainer.callbacks[:0] = [RandomState(), StopOnNonFiniteLoss()]
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -147,6 +156,10 @@ class ClassifierCLI(LightningCLI):
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self._resolve_last()
         trainer = self.config.trainer
+        # Never write over what the user has: another run's directory, a checkpoint outside the run.
+        check_checkpoint_filename(self.config.checkpoint.filename)
+        if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
+            check_fresh_run_dir(trainer.logger, self.config.ckpt_path)
         every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
         if every and epochs and epochs > 0 and epochs % every:
             divisors = [d for d in range(1, epochs + 1) if epochs % d == 0]
@@ -229,7 +242,8 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     return {**report.summary(trainer, run_dir), "run_dir": str(run_dir)}
 
 
-@one_line_errors(also=(MisconfigurationException,))  # Lightning's own configuration errors are one line too
+# Lightning's own configuration errors are one line too, and so is a diverged run.
+@one_line_errors(also=(MisconfigurationException, NonFiniteLossError))
 def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
     fit(args)

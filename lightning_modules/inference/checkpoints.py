@@ -166,10 +166,16 @@ def _check_outputs(model: InferenceClassifier, path) -> None:
     """One name per output and finite weights, or the file is refused (never a wrong answer later)."""
     if not all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()):
         raise CheckpointError(f"refused {path}: its weights hold NaN or infinite values (a diverged run?)")
+    # The buffers are checked as the hyper-parameters are: a state_dict may disagree with them.
+    if not (model.std > 0).all():
+        raise CheckpointError(
+            f"refused {path}: its std buffer {model.std.flatten().tolist()} must be > 0 in every channel"
+        )
     probe = torch.zeros(1, 3, model.image_size, model.image_size, dtype=torch.uint8)
     try:
         with torch.inference_mode():
-            outputs = model.eval().logits_one_view(probe).shape[-1]
+            logits = model.eval().logits_one_view(probe)
+            outputs = logits.shape[-1]
     except RuntimeError as err:
         raise CheckpointError(
             f"refused {path}: its network does not run on {model.image_size}x{model.image_size} images "
@@ -179,6 +185,8 @@ def _check_outputs(model: InferenceClassifier, path) -> None:
         raise CheckpointError(
             f"refused {path}: the network has {outputs} outputs but the file names {model.num_classes} classes"
         )
+    if not logits.isfinite().all():
+        raise CheckpointError(f"refused {path}: it scores a black image as NaN or infinity (damaged weights?)")
 
 
 def _allowed_net(class_path: str, path: Path) -> type[nn.Module]:

@@ -22,6 +22,8 @@ def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[d
     """``{label, probability, top_k}`` for each uint8 image of a batch, in one forward pass (per TTA view)."""
     with torch.inference_mode():
         probabilities = model(images).float().softmax(dim=-1)
+    if not probabilities.isfinite().all():  # never an answer with a NaN probability in it
+        raise FloatingPointError("the model gave NaN or infinite scores for these images")
     top_p, top_i = probabilities.topk(top_k, dim=-1)
     records = []
     for ps, ids in zip(top_p.tolist(), top_i.tolist(), strict=True):

@@ -1,0 +1,42 @@
+"""Never report a wrong number as a result: a diverged run stops, a checkpoint that scores NaN is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import exit_status, make_image_folder, save_checkpoint
+
+from lightning_modules.cli.fit import fit_main
+from lightning_modules.cli.predict import predict_main
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TINY = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--test", "false", *QUIET]
+
+
+@pytest.mark.parametrize("every", [1, 3])  # caught before validating epoch 1; or at its end, with no validation
+def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, every):
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 8})
+    # Epoch 0 trains at lr 0.01; the schedule then multiplies it by 1e14 and the loss turns NaN in epoch 1.
+    diverging = ["--optimizer.lr", "0.01", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1",
+                 "--lr_scheduler.gamma", "1e14", "--trainer.max_epochs", "3",
+                 "--trainer.check_val_every_n_epoch", str(every)]  # fmt: skip
+    status = exit_status(fit_main, [*TINY, *diverging])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1].startswith("error: the training loss became NaN or infinite at epoch 1"), err[-3:]
+    assert "--optimizer.lr" in err[-1]
+    folder = tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints"
+    for name in ("last.ckpt", "best.ckpt") if every == 1 else ("last.ckpt",):
+        kept = torch.load(folder / name, weights_only=True)
+        assert kept["epoch"] == 0, name  # not the diverged epoch
+        assert all(t.isfinite().all() for t in kept["state_dict"].values() if t.is_floating_point()), name
+
+
+def test_a_checkpoint_whose_std_buffer_is_zero_is_refused(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["std"] = torch.zeros_like(checkpoint["state_dict"]["std"])  # hparams stay valid
+    torch.save(checkpoint, path)
+    assert exit_status(predict_main, ["--ckpt_path", str(path), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "std buffer" in err[0] and "must be > 0" in err[0]
