@@ -301,6 +301,13 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
             f"--ckpt_path {path} was trained with the {what} {before}, but this run builds {now}; resume with "
             "the run's own config (runs/.../config.yaml) or start fresh without --ckpt_path"
         )
+    names = saved.get("class_names")
+    if isinstance(names, list) and names != list(model.class_names):
+        changed = [f"{i}: {a} -> {b}" for i, (a, b) in enumerate(zip(names, model.class_names, strict=False)) if a != b]
+        raise UsageError(
+            f"--ckpt_path {path} was trained on the classes {names}, but --data.data_dir has {list(model.class_names)} "
+            f"({'; '.join(changed) or 'a different number'}); resume with the run's own data folder, or start fresh"
+        )
     keys = set(checkpoint["state_dict"])
     if keys != set(model.state_dict()):
         raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
