@@ -123,6 +123,8 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = StageScores(self.num_classes)
         self.test_metrics = StageScores(self.num_classes)
         self.val_acc_best = MaxMetric()
+        # The name the test stage's metrics are logged under: evaluate.py sets the split it scores.
+        self.test_name = "test"
         # Lets Lightning print input/output sizes and TensorBoard draw the graph.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
@@ -243,11 +245,12 @@ class ImageClassifier(L.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         metrics = self._metrics(stage)
-        values = metrics.compute()  # torchmetrics syncs across processes itself
+        values = metrics.compute()  # synced across processes by StageScores itself
         metrics.reset()
         per_class = values.pop("acc_per_class")
-        logged = {f"{stage}/{name}": value for name, value in values.items()}
-        logged.update({f"{stage}/acc_per_class/{c}": per_class[i] for i, c in enumerate(self.class_names)})
+        prefix = self.test_name if stage == "test" else stage
+        logged = {f"{prefix}/{name}": value for name, value in values.items()}
+        logged.update({f"{prefix}/acc_per_class/{c}": per_class[i] for i, c in enumerate(self.class_names)})
         for name, value in logged.items():
             # Already synced by torchmetrics, so identical on every process; sync_dist only tells
             # Lightning so (a no-op in one process).

@@ -39,12 +39,17 @@ class RunReport(L.Callback):
         print_per_class: print the test's per-class precision/recall/F1 table after testing.
         checkpoint: the checkpoint a run that does not train scores (scripts/evaluate.py); a training
             run reports its best checkpoint instead.
+        split: the split the test stage scores, and the prefix of its metrics (evaluate.py --split
+            val logs and reports ``val/acc``; fit.py's test is ``test``).
 
     The epochs collected so far are saved in checkpoints, so a resumed run reports the whole run.
     """
 
-    def __init__(self, enabled: bool = True, print_per_class: bool = True, checkpoint: str | None = None) -> None:
+    def __init__(
+        self, enabled: bool = True, print_per_class: bool = True, checkpoint: str | None = None, split: str = "test"
+    ) -> None:
         self.enabled = enabled
+        self.split = split
         self.checkpoint = checkpoint
         self.print_per_class = print_per_class
         self.start = time.perf_counter()
@@ -151,7 +156,7 @@ class RunReport(L.Callback):
                 for i, name in enumerate(self.class_names)
             }
         }
-        self.confusion = {"stage": "test", "matrix": matrix.tolist()}
+        self.confusion = {"stage": self.split, "matrix": matrix.tolist()}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._add_train_metrics(trainer, max(self.epochs, default=-1))
@@ -159,7 +164,7 @@ class RunReport(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         # Read here: the module logs test/* in its own on_test_epoch_end, after the callbacks' one.
-        self.test = {**_floats(trainer.callback_metrics, ("test/",)), **(self.test or {})}
+        self.test = {**_floats(trainer.callback_metrics, (f"{self.split}/",)), **(self.test or {})}
         self.write(trainer)
         if self.print_per_class and self.test and trainer.is_global_zero:
             print(per_class_table(self.test["per_class"]))
@@ -184,6 +189,7 @@ class RunReport(L.Callback):
             "best_val_acc": float(score) if score is not None else None,
             "epochs": [self.epochs[e] for e in sorted(self.epochs)],
             "test": self.test,
+            "split": self.split,
             "class_names": self.class_names,
             "confusion_matrix": self.confusion,
             "wall_time_s": round(self.elapsed_before + self._since_start(), 3),
@@ -222,10 +228,11 @@ class RunReport(L.Callback):
 
 
 def to_markdown(report: dict, figure_name: str | None) -> str:
+    split = report.get("split", "test")
     summary = [
         ("best checkpoint", f"`{report['best_checkpoint']}`"),
         ("best val/acc", pct(report["best_val_acc"])),
-        ("test/acc", pct((report["test"] or {}).get("test/acc"))),
+        (f"{split}/acc", pct((report["test"] or {}).get(f"{split}/acc"))),
         ("wall time", f"{report['wall_time_s']:.1f} s"),
         ("training steps", f"{report['train_seconds']:.1f} s (without start-up and validation)"),
         ("training images/s", report["train_images_per_s"]),
@@ -243,7 +250,12 @@ def to_markdown(report: dict, figure_name: str | None) -> str:
     head = ("epoch", "step", "wall s", "train/acc", "val/loss", "val/acc", "val/f1", "images/s")
     lines = ["# Run report", "", markdown_table(("", ""), summary), "", "## Epochs", "", markdown_table(head, epochs)]
     if report["test"]:
-        lines += ["", "## Test, per class", "", per_class_table(report["test"]["per_class"], markdown=True)]
+        lines += [
+            "",
+            f"## {split.capitalize()}, per class",
+            "",
+            per_class_table(report["test"]["per_class"], markdown=True),
+        ]
     if figure_name:
         lines += ["", f"![confusion matrix]({figure_name})"]
     return "\n".join(lines) + "\n"
