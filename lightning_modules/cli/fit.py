@@ -140,6 +140,12 @@ class ClassifierCLI(LightningCLI):
             help='Resume from this checkpoint; "last" picks the newest run of this logger that has last.ckpt.',
         )
         parser.add_argument("--test", type=bool, default=True, help="Test the best checkpoint after fitting.")
+        parser.add_argument(
+            "--bf16_fallback",
+            type=bool,
+            default=True,
+            help="On a CPU without bfloat16 instructions, train a bf16 recipe in 32-true (faster there).",
+        )
         # Always present (not in trainer.callbacks, which a config file replaces as a whole): testing
         # "the best checkpoint" needs the first, resuming with --ckpt_path last the second.
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
@@ -156,6 +162,7 @@ class ClassifierCLI(LightningCLI):
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self._resolve_last()
         trainer = self.config.trainer
+        trainer.precision = resolve_cpu_precision(trainer, self.config.bf16_fallback)
         # Never write over what the user has: another run's directory, a checkpoint outside the run.
         check_checkpoint_filename(self.config.checkpoint.filename)
         if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
@@ -248,6 +255,22 @@ def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
     fit(args)
     return 0
+
+
+def resolve_cpu_precision(trainer_config, fallback: bool) -> str | None:
+    """The precision to train in: a bf16 recipe on a CPU that only emulates bfloat16 (no AVX512-BF16
+    or AMX) trains in 32-true instead, about 1.6x faster there, and says so in one line; anything
+    else as configured. ``--bf16_fallback false`` keeps bf16 (fit.py then warns that it is slow)."""
+    precision = trainer_config.precision
+    accelerator = str(trainer_config.accelerator or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if fallback and on_cpu and str(precision).startswith("bf16") and cpu_has_native_bf16() is False:
+        rank_zero_info(
+            f"--trainer.precision {precision}: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+            "so this run trains in 32-true, which is faster here (--bf16_fallback false keeps bf16)"
+        )
+        return "32-true"
+    return precision
 
 
 def warn_slow_cpu_bf16(trainer: Trainer, cpuinfo: str | None = None) -> bool:
