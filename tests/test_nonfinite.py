@@ -40,3 +40,33 @@ def test_a_checkpoint_whose_std_buffer_is_zero_is_refused(tmp_path, capsys):
     assert exit_status(predict_main, ["--ckpt_path", str(path), str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "std buffer" in err[0] and "must be > 0" in err[0]
+
+
+@pytest.mark.parametrize(
+    "init_args, says",
+    [
+        ({"num_classes": 8_000_000}, "num_classes 8000000"),
+        ({"num_classes": 10, "widths": [100_000, 64, 64]}, "width 100000"),
+    ],
+)
+def test_a_checkpoint_asking_for_a_huge_network_is_refused_before_allocating(tmp_path, capsys, init_args, says):
+    import resource
+
+    path = save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = {"class_path": "lightning_modules.nets.AirbenchNet", "init_args": init_args}
+    torch.save(checkpoint, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert exit_status(predict_main, ["--ckpt_path", str(path), "x.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing large allocated
+
+
+def test_fit_refuses_a_huge_network_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    args = [*TINY, "--model.net", "AirbenchNet", "--model.net.widths", "[64, 100000, 64]"]
+    assert exit_status(fit_main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "width 100000" in err[-1]

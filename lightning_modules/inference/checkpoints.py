@@ -29,6 +29,7 @@ from torch import nn
 from datamodules.sources import CIFAR10_CLASSES
 from lightning_modules.inference.model import InferenceClassifier, check_tta
 from lightning_modules.nets import NETS, Tudui
+from lightning_modules.nets.limits import MAX_CLASSES, MAX_PARAMETERS, parameter_count
 
 # Where a tutorial user's pickled Tudui may claim to come from.
 TUTORIAL_CLASS_NAMES = ("__main__.Tudui", "model.Tudui", "nn_module.Tudui", "train.Tudui", "train_gpu.Tudui")
@@ -38,7 +39,6 @@ LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 CLASSIFIER_PATHS = ("lightning_modules.classifier.ImageClassifier", "lightning_modules.ImageClassifier")
 # Ranges of hyper-parameters read from a file, checked before anything is allocated from them.
 MAX_IMAGE_SIZE = 1024
-MAX_CLASSES = 100_000
 
 
 class CheckpointError(Exception):
@@ -129,6 +129,14 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
     if not all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in init_args.values()):
         raise CheckpointError(f"refused {path}: the network's arguments are not plain values")
     class_names, image_size, mean, std, tta = _checked_contract(hparams, path)
+    try:
+        size = parameter_count(lambda: net_class(**init_args))  # nothing allocated yet
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"refused {path}: its network's arguments {init_args}: {str(err)[:200]}") from None
+    if size > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"refused {path}: its network would have {size:,} parameters (at most {MAX_PARAMETERS:,})"
+        )
     try:
         model = InferenceClassifier(net_class(**init_args), class_names, image_size, mean, std, tta)
         model.load_state_dict(checkpoint["state_dict"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.nets.limits import check_net_args
+
 
 def batch_norm(channels: int, momentum: float, weight_trainable: bool) -> nn.BatchNorm2d:
     # eps near 0: the conv before has no bias and a free scale, so eps would only blur small channels.
@@ -70,6 +72,7 @@ class AirbenchNet(nn.Module):
         bn_weight_trainable: bool = False,
     ) -> None:
         super().__init__()
+        check_net_args(num_classes, widths)
         self.num_classes = num_classes
         self.widths = tuple(widths)
         self.logit_scale = logit_scale

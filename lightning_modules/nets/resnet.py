@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_modules.nets.limits import check_net_args
+
 
 class BasicBlock(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
@@ -29,6 +31,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
+        check_net_args(num_classes, [width, 8 * width])
         self.num_classes = num_classes
         self.width = width
         widths = [width, 2 * width, 4 * width, 8 * width]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_modules.nets.limits import check_net_args
+
 
 class Tudui(nn.Module):
     """Conv5x5(3->32) MaxPool Conv5x5(32->32) MaxPool Conv5x5(32->64) MaxPool Flatten Linear(1024->64) Linear(64->C).
@@ -16,6 +18,7 @@ class Tudui(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
+        check_net_args(num_classes)
         self.num_classes = num_classes
         self.model = nn.Sequential(
             nn.Conv2d(3, 32, 5, 1, 2),
