@@ -10,6 +10,7 @@ checkpoint after fitting, and one-line errors instead of tracebacks for bad data
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 import sys
@@ -163,6 +164,7 @@ class ClassifierCLI(LightningCLI):
             self.config.ckpt_path = self._resolve_last()
         trainer = self.config.trainer
         trainer.precision = resolve_cpu_precision(trainer, self.config.bf16_fallback)
+        check_devices(trainer)
         # Never write over what the user has: another run's directory, a checkpoint outside the run.
         check_checkpoint_filename(self.config.checkpoint.filename)
         if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
@@ -217,6 +219,7 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     the message after Ctrl-C. Raises the project's errors (``UsageError``, ``DataError``, ...);
     ``SystemExit(2)`` for a bad option and ``SystemExit(130)`` when interrupted.
     """
+    check_config_bases(sys.argv[1:] if args is None else args)
     reuse_freed_memory()
     cli = ClassifierCLI(args=args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
@@ -249,12 +252,61 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     return {**report.summary(trainer, run_dir), "run_dir": str(run_dir)}
 
 
+def check_config_bases(args) -> None:
+    """An override recipe (its header says ``# extends: BASE``, BASE beside it) must come after
+    ``--config BASE``; alone, the parser would refuse its first partial value (``Option 'widths' is
+    not accepted``) without saying why, so this names the base and the command instead."""
+    if not isinstance(args, list | tuple):  # LightningCLI also takes a dict or Namespace: nothing to check
+        return
+    given: list[Path] = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            value = args[i + 1]
+        elif isinstance(arg, str) and arg.startswith("--config="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        try:
+            header = re.search(r"^# extends: (\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
+        except (OSError, ValueError):  # not a file (a YAML string, a typo): the parser says so
+            header = None
+        base = path.parent / header.group(1) if header else None
+        if base is not None and not any(_same_file(base, earlier) for earlier in given):
+            raise UsageError(
+                f"{value} extends {base}: pass --config {base} --config {value} (the base first, then the override)"
+            )
+        given.append(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 # Lightning's own configuration errors are one line too, and so is a diverged run.
 @one_line_errors(also=(MisconfigurationException, NonFiniteLossError))
 def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
     fit(args)
     return 0
+
+
+def check_devices(trainer_config) -> None:
+    """More processes than the machine has devices (CPU cores, GPUs) start and then hang: refuse."""
+    devices = trainer_config.devices
+    count = int(devices) if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()) else None
+    if count is None:
+        return  # "auto", -1 or a list of device indices: Lightning checks those against the machine
+    accelerator = str(trainer_config.accelerator or "auto")
+    on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    have, kind = (torch.cuda.device_count(), "GPUs") if on_gpu else (os.cpu_count() or 1, "CPU cores")
+    if count > have:
+        raise UsageError(f"--trainer.devices {count}: this machine has {have} {kind}; use at most {have} (or auto)")
 
 
 def resolve_cpu_precision(trainer_config, fallback: bool) -> str | None:
