@@ -106,3 +106,15 @@ def test_shared_model_options_refuse_bad_values_while_parsing(name, option, caps
 def test_unknown_or_shortened_options_name_the_closest_real_one(name, args, meant, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert f"did you mean {meant}?" in one_line_exit_2(COMMANDS[name], args, capsys)
+
+
+@pytest.mark.parametrize(
+    "name, args, says",
+    [
+        ("fit", ["--trainer.accelerator", "cpu", "--trainer.devices", "64"], "--trainer.devices 64: this machine has"),
+        ("serve", ["--ckpt_path", "m.ckpt", "--workers", "4096"], "--workers 4096: this machine has"),
+    ],
+)
+def test_more_processes_than_the_machine_has_are_refused(name, args, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # before any data or checkpoint is read: neither exists here
+    assert says in one_line_exit_2(COMMANDS[name], args, capsys)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 
 import litserve as ls
@@ -24,6 +25,7 @@ from fastapi import HTTPException
 from datamodules.image_reader import MAX_PIXELS, ImageFileError, read_image
 from lightning_modules.cli.frame import (
     OneLineArgumentParser,
+    UsageError,
     add_model_options,
     non_negative_float,
     one_line_errors,
@@ -192,6 +194,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         help=f"largest image a request may send, in pixels (default {SERVE_MAX_PIXELS:,}; bounds decode work)",
     )
     args = parser.parse_args(argv)
+    if args.workers > (os.cpu_count() or 1):  # each holds a model and a decoder: 8 took ~7.8 GB
+        raise UsageError(f"--workers {args.workers}: this machine has {os.cpu_count()} CPU cores; use at most that")
 
     from lightning_modules.inference.checkpoints import load_classifier
 
