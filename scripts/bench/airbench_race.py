@@ -1,20 +1,21 @@
 """Race airbench on the same GPU, the same 45,000 training images and the same 5,000 to score.
 
-python scripts/bench/airbench_race.py --data_dir IMAGES --airbench_dir AIRBENCH --runs 5
-python scripts/bench/airbench_race.py --data_dir IMAGES --airbench_dir AIRBENCH --runs 5 \\
+python scripts/bench/airbench_race.py --images_dir DATA_DIR --airbench_dir AIRBENCH --runs 5
+python scripts/bench/airbench_race.py --images_dir DATA_DIR --airbench_dir AIRBENCH --runs 5 \\
     --variant "fast_muon=--config configs/fast_muon.yaml" --variant "compile:1=--model.compile true"
-python scripts/bench/airbench_race.py --data_dir IMAGES --sides ours --runs 1 --accelerator cpu \\
+python scripts/bench/airbench_race.py --images_dir DATA_DIR --sides ours --runs 1 --accelerator cpu \\
     --extra "--trainer.max_epochs 1"                                # a CPU dry run of our side
 
-1. Writes the project's training split and validation split of IMAGES (an image folder or the
-   official files; the same seeded split fit.py makes) as airbench's ``cifar10/train.pt`` and
+1. Writes the project's training split and validation split of --images_dir (default $DATA_DIR; an
+   image folder or the official files; the same seeded split fit.py makes) as airbench's ``cifar10/train.pt`` and
    ``cifar10/test.pt``, so both sides train on the same images and score the same ones.
 2. Runs each airbench script (unmodified but for its run count, rewritten on the fly in a copy)
    from that folder; reads each run's final TTA accuracy and its GPU seconds of training and
    evaluation (airbench's own clock, compilation excluded).
-3. Runs ``scripts/fit.py`` with --recipe once per seed, as a user does, and reads from each run's
-   report the final validation accuracy with the recipe's TTA, the training seconds (steps only,
-   synchronised) and the wall time from launch.
+3. Runs --recipe once per seed with sweep.py's seed runner (``sweep.py --seeds N``: each run an
+   ordinary fit in this process, as airbench runs its runs in one process) and reads from each
+   run's report the final validation accuracy with the recipe's TTA, the training seconds (steps
+   only, synchronised) and the fit's wall time.
 4. Runs each --variant LABEL[:RUNS]=OPTIONS the same way, as the side ours+LABEL: the recipe plus
    those fit.py options (a ``--config`` among them adds a config file), RUNS runs (default --runs).
    A side that fails or would end after --deadline_s is reported in one line; the others go on.
@@ -29,7 +30,6 @@ which order; the variants follow.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import statistics
@@ -43,12 +43,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(ROOT / "scripts" / "bench"))
-
-from train_speed import seed_runs  # noqa: E402
-
 from datamodules import CIFAR10DataModule  # noqa: E402
-from lightning_modules.cli.sweep import mean_sd  # noqa: E402
+from lightning_modules.reporting.tables import mean_sd, text_table  # noqa: E402
+from scripts.bench.common import (  # noqa: E402
+    add_images_dir,
+    add_json_option,
+    need_images_dir,
+    recipe_files,
+    seed_runs,
+    write_json,
+)
 
 # Each script's loop over runs, and what to put instead to run fewer.
 RUN_LOOPS = {"airbench94": "range(25)", "airbench94_muon": "range(200)"}
@@ -104,9 +108,10 @@ def run_airbench(script: Path, runs: int, work: Path) -> dict:
 
 
 def run_ours(recipes: list[str], data_dir: str, runs: int, extra: list[str], work: Path) -> dict:
-    """fit.py once per seed, as train_speed.py's seeds part launches it; airbench reports its last epoch's
-    accuracy, so ours is the last validation's too."""
-    done = seed_runs(data_dir, recipes, runs, ["--test", "false", *extra], work, predict_dir=None)
+    """The recipe once per seed, by sweep.py's seed runner (each fit in this process, as airbench runs
+    its runs in one process); airbench reports its last epoch's accuracy, so ours is the last
+    validation's too."""
+    done = seed_runs(data_dir, recipes, runs, ["--test", "false", *extra], work)
     return {
         "accs": [r["last_val_acc"] for r in done],
         "train_s": [r["train_s"] for r in done],
@@ -157,23 +162,20 @@ def table(results: dict[str, dict]) -> str:
     done = {side: r for side, r in results.items() if "accs" in r}
     bases = [side for side in RUN_LOOPS if side in done]
     head = ("side", "runs", "accuracy (%)", "train s", "wall s per run", *(f"train s / {b}" for b in bases))
-    rows = [head]
+    rows = []
     for side, r in done.items():
         train_s = statistics.mean(r["train_s"])
         ratios = [f"{train_s / statistics.mean(done[b]['train_s']):.2f}x" for b in bases]
         rows.append(
             (side, str(len(r["accs"])), mean_sd(r["accs"], 100), f"{train_s:.2f}", f"{r['wall_s']:.1f}", *ratios)
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(
-        lines + [f"{side}: {r.get('error') or r['skipped']}" for side, r in results.items() if side not in done]
-    )
+    failed = [f"{side}: {r.get('error') or r['skipped']}" for side, r in results.items() if side not in done]
+    return "\n".join([text_table(head, rows), *failed])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", required=True, help="CIFAR-10 images (image folder or official files)")
+    add_images_dir(parser)
     parser.add_argument("--airbench_dir", help="folder holding airbench94.py and airbench94_muon.py")
     parser.add_argument("--runs", type=int, default=5, help="runs per side (seeds 0..N-1 for ours)")
     parser.add_argument(
@@ -190,8 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val_size", type=int, default=5000)
     parser.add_argument("--split_seed", type=int, default=0)
     parser.add_argument("--work_dir", default="airbench_race", help="where the data, copies and logs go")
-    parser.add_argument("--json", default="airbench_race.json")
+    add_json_option(parser, "airbench_race.json")
     args = parser.parse_args(argv)
+    need_images_dir(parser, args)
     matches = [SIDE.fullmatch(side) for side in args.sides.split(",") if side]
     if not all(matches) or args.runs < 1:
         parser.error(f"--sides {args.sides}: choose from {', '.join(SIDES)} (SIDE:N runs N of it); --runs must be >= 1")
@@ -203,7 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace) -> list[dict]:
     """The sides in the order they run: --sides, then the variants of ours."""
-    recipes = [str(Path(r).resolve()) for r in args.recipe.split(",") if r]
+    recipes = recipe_files(args.recipe)
     steps = [{"side": side, "runs": runs, "recipes": recipes, "options": []} for side, runs in args.sides]
     return steps + [parse_variant(spec, recipes, args.runs) for spec in args.variant]
 
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     steps, started = plan(args), time.perf_counter()
     work = Path(args.work_dir).resolve()
-    data_dir = str(Path(args.data_dir).resolve())
+    data_dir = str(Path(args.images_dir).resolve())
     sizes = export_split(data_dir, work, args.val_size, args.split_seed)
     print(f"airbench data: {sizes['train']:,} training and {sizes['test']:,} scored images in {work / 'cifar10'}")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         except (SystemExit, Exception) as err:  # one side's failure (a new option, say) must not end the race
             results[side] = {"error": one_line(err)}
             print(f"error: {side}: {results[side]['error']}", flush=True)
-        Path(args.json).write_text(json.dumps({"device": device, "sizes": sizes, "results": results}, indent=2))
+        write_json(args.json, {"device": device, "sizes": sizes, "results": results}, say=False)
     print(f"\n{device}, torch {torch.__version__}; same {sizes['train']:,} training / {sizes['test']:,} scored images")
     print(table(results))
     return 1 if any("error" in r for r in results.values()) else 0

@@ -136,7 +136,7 @@ bench_settings() {
 }
 
 part_profile() {
-  python scripts/bench/gpu_profile.py --data_dir "$bench_data" "${profile_args[@]}" --work_dir "$work/profile" \
+  python scripts/bench/gpu_profile.py --images_dir "$bench_data" "${profile_args[@]}" --work_dir "$work/profile" \
     --json "$out/profile.json" --trace "$out/profile_trace.json.gz" | tee "$work/profile.out"
 }
 
@@ -159,7 +159,7 @@ race_sides() {
 part_race() {
   local left=$((${BUDGET_S:-540} - ($(date +%s) - started)))
   [ "$left" -gt 0 ] || { echo "race: skipped, BUDGET_S=${BUDGET_S:-540} is spent; raise it or drop a part"; return 0; }
-  python scripts/bench/airbench_race.py --data_dir "$bench_data" --airbench_dir "${AIRBENCH_DIR:-.}" \
+  python scripts/bench/airbench_race.py --images_dir "$bench_data" --airbench_dir "${AIRBENCH_DIR:-.}" \
     --sides "$(race_sides)" --runs "$runs" --val_size "$val_size" --accelerator "$accelerator" --deadline_s "$left" \
     --extra "${tiny:+--trainer.max_epochs 1 $tiny}" --variant "fast_muon:$muon_runs=--config configs/fast_muon.yaml" \
     --variant "bf16-true:$variant_runs=--trainer.precision bf16-true" \

@@ -1,8 +1,8 @@
 """Where a training step's time goes: torch.profiler over a few steps of scripts/fit.py's own run.
 
-python scripts/bench/gpu_profile.py --data_dir IMAGES                       # configs/fast.yaml, on the GPU
-python scripts/bench/gpu_profile.py --data_dir IMAGES --recipe configs/fast.yaml,configs/fast_muon.yaml
-python scripts/bench/gpu_profile.py --data_dir IMAGES --wait 2 --steps 3 \\
+python scripts/bench/gpu_profile.py --images_dir DATA_DIR                       # configs/fast.yaml, on the GPU
+python scripts/bench/gpu_profile.py --images_dir DATA_DIR --recipe configs/fast.yaml,configs/fast_muon.yaml
+python scripts/bench/gpu_profile.py --images_dir DATA_DIR --wait 2 --steps 3 \\
     --extra "--trainer.accelerator cpu --trainer.precision 32-true"         # a CPU dry run
 
 Runs fit.py's code path (fit() with the recipe, its callbacks and its progress output) in this
@@ -17,7 +17,6 @@ kind) and the mean step; writes them as JSON (--json) and the steps as a gzipped
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -33,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lightning_modules.cli.fit import fit  # noqa: E402
+from lightning_modules.reporting.tables import pct, text_table  # noqa: E402
+from scripts.bench.common import add_images_dir, add_json_option, need_images_dir, recipe_files, write_json  # noqa: E402
 
 
 class ProfileSteps(Callback):
@@ -121,34 +122,32 @@ def render(report: dict) -> str:
         if not rows:
             lines.append(f"{kind}: none recorded (no CUDA run)")
             continue
-        width = min(max(len(r["name"]) for r in rows), 70)
-        lines.append(f"{kind:<{width}}  {'calls':>6}  {'self ms':>9}  share")
-        lines += [
-            f"{r['name'][:width]:<{width}}  {r['calls']:>6}  {r['self_ms']:9.2f}  {r['share']:5.1%}" for r in rows
-        ]
+        cells = [(r["name"][:70], str(r["calls"]), f"{r['self_ms']:.2f}", pct(r["share"])) for r in rows]
+        lines.append(text_table((kind, "calls", "self ms", "share"), cells, right=(1, 2, 3)))
     return "\n".join(lines)
 
 
 def fit_args(args: argparse.Namespace, work: Path) -> list[str]:
-    configs = [a for r in args.recipe.split(",") if r for a in ("--config", str(Path(r).resolve()))]
+    configs = [a for r in recipe_files(args.recipe) for a in ("--config", r)]
     return [
-        *configs, "--data.data_dir", str(Path(args.data_dir).resolve()), "--test", "false",
+        *configs, "--data.data_dir", str(Path(args.images_dir).resolve()), "--test", "false",
         "--trainer.logger.init_args.save_dir", str(work), *shlex.split(args.extra),
     ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", required=True, help="CIFAR-10 images (image folder or official files)")
+    add_images_dir(parser)
     parser.add_argument("--recipe", default=str(ROOT / "configs" / "fast.yaml"), help="comma-separated configs")
     parser.add_argument("--extra", default="", help="more fit.py options, as one string")
     parser.add_argument("--wait", type=int, default=10, help="training steps before the profiler's warm-up step")
     parser.add_argument("--steps", type=int, default=15, help="training steps recorded")
     parser.add_argument("--top", type=int, default=12, help="rows in each table")
     parser.add_argument("--work_dir", help="where the run's files go (default: a new temporary folder)")
-    parser.add_argument("--json", default="profile.json")
+    add_json_option(parser, "profile.json")
     parser.add_argument("--trace", default="profile_trace.json.gz", help="Chrome trace; .gz compresses it")
     args = parser.parse_args(argv)
+    need_images_dir(parser, args)
     if args.wait < 0 or args.steps < 1:
         parser.error("--wait must be >= 0 and --steps >= 1")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu_profile."))
@@ -159,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
               "or --steps, or train more steps (--extra '--trainer.max_epochs N')", file=sys.stderr)  # fmt: skip
         return 2
     report = summarise(callback, args.top)
-    Path(args.json).write_text(
-        json.dumps({**report, "trace": str(args.trace), "fit_args": fit_args(args, work)}, indent=2)
-    )
     print(render(report))
+    write_json(args.json, {**report, "trace": str(args.trace), "fit_args": fit_args(args, work)})
     return 0
 
 

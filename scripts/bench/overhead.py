@@ -1,8 +1,8 @@
 """What does the framework cost? scripts/fit.py against a plain PyTorch loop, per step and at start-up.
 
-python scripts/bench/overhead.py --data_dir DATA                     # both parts
-python scripts/bench/overhead.py --data_dir DATA --only step --steps 400
-python scripts/bench/overhead.py --data_dir DATA --only startup --recipe configs/fast.yaml
+python scripts/bench/overhead.py --images_dir DATA_DIR                 # both parts
+python scripts/bench/overhead.py --images_dir DATA_DIR --only step --steps 400
+python scripts/bench/overhead.py --images_dir DATA_DIR --only startup --recipe configs/fast.yaml
 
   step     A network so small (two narrow convolutions, batch 64, 32x32) that a training step is
            mostly the framework's own work, trained through fit.py's real path (fit() with the
@@ -18,15 +18,14 @@ python scripts/bench/overhead.py --data_dir DATA --only startup --recipe configs
            step's end, so the table splits launch -> first step and last step -> exit. Fixed cost =
            wall time minus the steps. Target: fit.py's fixed cost <= 1.5x the plain script's.
 
-Start-up runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine drifts.
-Prints a table and writes the figures as JSON (--json).
+--images_dir defaults to $DATA_DIR. Start-up runs alternate (A, B, A, B, ...) and medians are
+reported, because a shared machine drifts. Prints a table and writes the figures as JSON (--json).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import json
 import statistics
 import subprocess
@@ -40,6 +39,19 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from scripts.bench.common import (  # noqa: E402
+    add_images_dir,
+    add_json_option,
+    alternate,
+    chosen_parts,
+    machine,
+    machine_line,
+    need_images_dir,
+    now,
+    quiet_lightning,
+    write_json,
+)
 
 
 class TwoConvNet(nn.Module):
@@ -60,13 +72,6 @@ class TwoConvNet(nn.Module):
 
 
 TINY_NET = f"{TwoConvNet.__module__}.{TwoConvNet.__qualname__}"
-
-
-def now() -> float:
-    """perf_counter once the GPU's queued work is done: CUDA calls return before the work is."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 class PlainStep:
@@ -155,20 +160,11 @@ def step_ms(
     return {"fit": clock.fit_ms, "plain": clock.plain_ms, "steps_timed": [len(clock.fit), len(clock.plain_times)]}
 
 
-def alternate(variants: dict, repeats: int) -> dict[str, list[float]]:
-    """Each variant ``repeats`` times, interleaved, so drift of the machine hits them alike."""
-    runs: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            runs[name].append(run())
-    return runs
-
-
 def step_part(args, tmp: Path) -> dict:
     recipe = args.step_recipe or None
     extra = ["--data.val_size", str(args.val_size), *(["--data.cache_dir", args.cache_dir] if args.cache_dir else [])]
     runs = [
-        step_ms(args.data_dir, recipe, args.warmup, args.steps, tmp / "runs", extra, args.batch_size)
+        step_ms(args.images_dir, recipe, args.warmup, args.steps, tmp / "runs", extra, args.batch_size)
         for _ in range(args.repeats)
     ]
     plain = statistics.median(r["plain"] for r in runs)
@@ -274,10 +270,10 @@ def startup_part(args, tmp: Path) -> dict:
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     widths = recipe["model"]["net"]["init_args"].get("widths", [64, 256, 256])
     batch = recipe["data"].get("batch_size", 64)
-    cache = cache_file_of(args.data_dir, args.cache_dir)
+    cache = cache_file_of(args.images_dir, args.cache_dir)
     me = [sys.executable, str(Path(__file__).resolve())]
     fit_args = [
-        "--config", args.recipe, "--data.data_dir", args.data_dir, "--data.download", "false",
+        "--config", args.recipe, "--data.data_dir", args.images_dir, "--data.download", "false",
         "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.limit_train_batches", str(args.startup_steps), "--trainer.limit_val_batches", "1",
         "--data.eval_batch_size", "50",  # a token validation: its images are work, not start-up
@@ -301,17 +297,9 @@ def startup_part(args, tmp: Path) -> dict:
     return {"recipe": args.recipe, "runs": runs, "median": summary, "fixed_ratio": ratio}
 
 
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = "unknown CPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", help="an image folder (train/<class>/*) or the official CIFAR-10 files")
+    add_images_dir(parser)
     parser.add_argument("--cache_dir", help="decoded-image cache (default: fit.py's)")
     parser.add_argument("--only", default="step,startup", help="comma-separated parts: step, startup")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (step part)")
@@ -322,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step_recipe", default="", help="config whose callbacks/logger the step part uses")
     parser.add_argument("--recipe", default=str(ROOT / "configs" / "fast.yaml"), help="startup part's recipe")
     parser.add_argument("--startup_steps", type=int, default=2, help="training steps in each startup run")
-    parser.add_argument("--json", default="overhead.json", help="where the figures go")
+    add_json_option(parser, "overhead.json")
     parser.add_argument("--child", choices=("fit", "plain"), help=argparse.SUPPRESS)
     parser.add_argument("--stamp", help=argparse.SUPPRESS)
     parser.add_argument("--cache_file", help=argparse.SUPPRESS)
@@ -335,10 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(child_fit(args.stamp, [a for a in args.rest if a != "--"]))
     if args.child == "plain":
         sys.exit(child_plain(args.stamp, args.cache_file, args.child_steps, args.child_batch, args.child_widths))
-    parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    if not args.data_dir or parts - {"step", "startup"} or not parts:
-        parser.error("give --data_dir, and --only from: step, startup")
-    results: dict = {"machine": machine()}
+    need_images_dir(parser, args)
+    parts = chosen_parts(parser, args.only, ("step", "startup"))
+    results: dict = {"machine": machine_line(machine())}
     with tempfile.TemporaryDirectory() as name, quiet_lightning():
         tmp = Path(name)
         if "step" in parts:
@@ -346,27 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "startup" in parts:
             results["startup"] = startup_part(args, tmp)
     print_table(results)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"Figures: {args.json}")
+    write_json(args.json, results)
     return results
-
-
-@contextlib.contextmanager
-def quiet_lightning():
-    """Lightning's info lines and advice off while the benchmark runs fit.py's path in-process, and
-    back as they were afterwards (a caller such as a test keeps its own logging)."""
-    import logging
-    import warnings
-
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
 
 
 def print_table(results: dict) -> None:

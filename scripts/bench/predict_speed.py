@@ -1,23 +1,19 @@
 """Benchmark scripts/predict.py against the classic tutorial's test.py, side by side in one run.
 
-    python scripts/benchmark_predict.py [--images 10000] [--repeats 5] [--json bench/predict.json]
+    python scripts/bench/predict_speed.py [--images_dir DATA_DIR] [--images 10000] [--repeats 5] [--json FILE]
 
 Measures, alternating the commands so that machine noise hits both alike:
 1. start-up: process start to answer for ONE image, tutorial test.py vs our predict.py (same
    tutorial network, same weights file);
-2. throughput: predict.py on a folder of N 32x32 JPEGs (CIFAR-10 images from
-   $DATA_DIR/train when DATA_DIR is set, else synthetic), end to end and as predict.py
-   reports it (excluding interpreter start-up and checkpoint loading).
+2. throughput: predict.py on a folder of N 32x32 images (CIFAR-10 images from --images_dir/train,
+   default $DATA_DIR; synthetic JPEGs when neither is given), end to end, and predict's own
+   classify loop in this process after start-up (the model already loaded).
 Prints a table and writes JSON. Everything runs in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,8 +25,18 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-# Real CIFAR-10 JPEGs when the environment names a copy (DATA_DIR/train/<class>/*.jpg), else synthetic images.
-TRAIN_IMAGES = Path(os.environ["DATA_DIR"]) / "train" if os.environ.get("DATA_DIR") else None
+sys.path.insert(0, str(REPO))
+
+from lightning_modules.reporting.tables import text_table  # noqa: E402
+from scripts.bench.common import (  # noqa: E402
+    add_images_dir,
+    add_json_option,
+    checkout_env,
+    machine,
+    machine_line,
+    sample_images,
+    write_json,
+)
 
 # The tutorial's model.py and test.py, as a beginner has them (the weights are loaded as a
 # state_dict with weights_only=True, which costs the same imports as the tutorial's whole-model load).
@@ -67,22 +73,22 @@ print(output.argmax(1).item())
 """
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=checkout_env())
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"benchmark command failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
-    return elapsed, result.stderr
+    return elapsed
 
 
-def make_images(folder: Path, n: int) -> str:
+def make_images(folder: Path, n: int, images_dir: str | None) -> str:
     folder.mkdir(parents=True)
-    if TRAIN_IMAGES is not None and TRAIN_IMAGES.is_dir():
-        files = sorted(TRAIN_IMAGES.rglob("*.jpg"))[:: max(1, 50000 // n)][:n]
+    if images_dir:
+        files = sample_images(images_dir, n)
         for i, f in enumerate(files):
-            shutil.copyfile(f, folder / f"{i:05d}.jpg")
-        return f"{len(files)} CIFAR-10 JPEGs from {TRAIN_IMAGES}"
+            shutil.copyfile(f, folder / f"{i:05d}{f.suffix.lower()}")
+        return f"{len(files)} CIFAR-10 images from {images_dir}"
     import numpy as np
     from PIL import Image
 
@@ -92,11 +98,26 @@ def make_images(folder: Path, n: int) -> str:
     return f"{n} synthetic 32x32 JPEGs"
 
 
+def classify_rate(ckpt: Path, folder: Path) -> float:
+    """Images/s of predict's classify loop over the folder, after start-up (the model loaded), in this
+    process: what predict.py times, without its interpreter start, imports and checkpoint load."""
+    from datamodules.image_reader import expand_inputs
+    from lightning_modules.inference.checkpoints import load_classifier
+    from lightning_modules.inference.predictor import classify
+
+    device = torch.device("cpu")
+    model = load_classifier(ckpt, map_location=device)
+    start = time.perf_counter()
+    records = list(classify(model, expand_inputs([str(folder)]), 1, 256, device))
+    return sum(r["error"] is None for r in records) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_images_dir(parser, "real images (optional)")
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "predict.json")
+    add_json_option(parser, REPO / "bench" / "predict.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +128,8 @@ def main() -> None:
         from model import Tudui  # the tutorial's class, from the file just written
 
         torch.save(Tudui().state_dict(), work / "tudui.pth")
-        source = make_images(work / "images", args.images)
+        source = make_images(work / "images", args.images, args.images_dir)
+        count = len(list((work / "images").iterdir()))
         one = str(next((work / "images").iterdir()))
         predict = [sys.executable, str(REPO / "scripts" / "predict.py"), "--ckpt_path", "tudui.pth"]
         tutorial_cmd = [sys.executable, "test.py", one]
@@ -115,17 +137,16 @@ def main() -> None:
         folder_cmd = [*predict, "images", "--trainer.accelerator", "cpu"]
 
         timed(tutorial_cmd, work), timed(ours_cmd, work)  # warm-up: file cache, .pyc files
-        tutorial, ours, folder, reported = [], [], [], []
+        tutorial, ours, folder, in_process = [], [], [], []
         for _ in range(args.repeats):
-            tutorial.append(timed(tutorial_cmd, work)[0])
-            ours.append(timed(ours_cmd, work)[0])
-            seconds, err = timed(folder_cmd, work)
-            folder.append(seconds)
-            reported.append(float(re.search(r"\((\d+) images/s", err).group(1)))
+            tutorial.append(timed(tutorial_cmd, work))
+            ours.append(timed(ours_cmd, work))
+            folder.append(timed(folder_cmd, work))
+            in_process.append(classify_rate(work / "tudui.pth", work / "images"))
 
     med = statistics.median
     results = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}",
+        "machine": machine_line(machine()),
         "torch": torch.__version__,
         "images": source,
         "repeats": args.repeats,
@@ -133,23 +154,20 @@ def main() -> None:
         "startup_predict_s": med(ours),
         "startup_ratio_predict_over_tutorial": med([o / t for o, t in zip(ours, tutorial, strict=True)]),
         "folder_wall_s": med(folder),
-        "folder_images_per_s_end_to_end": args.images / med(folder),
-        "folder_images_per_s_reported": med(reported),
+        "folder_images_per_s_end_to_end": count / med(folder),
+        "folder_images_per_s_after_startup": med(in_process),
     }
     rows = [
         ("one image, tutorial test.py (s)", f"{results['startup_tutorial_s']:.2f}"),
         ("one image, predict.py (s)", f"{results['startup_predict_s']:.2f}"),
         ("start-up ratio predict/tutorial", f"{results['startup_ratio_predict_over_tutorial']:.2f}"),
-        (f"{args.images} images, predict.py wall (s)", f"{results['folder_wall_s']:.2f}"),
+        (f"{count} images, predict.py wall (s)", f"{results['folder_wall_s']:.2f}"),
         ("  images/s, end to end", f"{results['folder_images_per_s_end_to_end']:.0f}"),
-        ("  images/s, after start-up (as predict.py reports)", f"{results['folder_images_per_s_reported']:.0f}"),
+        ("  images/s, after start-up (predict's classify loop)", f"{results['folder_images_per_s_after_startup']:.0f}"),
     ]
-    print(f"{results['machine']}; torch {results['torch']}; {source}; medians of {args.repeats}")
-    for name, value in rows:
-        print(f"{name:<52} {value:>8}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    print(f"{results['machine']}; {source}; medians of {args.repeats}")
+    print(text_table(("", "median"), rows, right=(1,)))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

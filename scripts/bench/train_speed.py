@@ -1,8 +1,8 @@
-"""How fast is training here, and what does Lightning cost? Side by side, in one run, on the same data.
+"""How fast is training here? Side by side, in one run, on the same data.
 
-python scripts/bench/train_speed.py --data_dir data                             # all three parts
-python scripts/bench/train_speed.py --data_dir data --only throughput,overhead
-python scripts/bench/train_speed.py --data_dir data --only seeds --seeds 3 --recipe configs/fast_cpu.yaml
+python scripts/bench/train_speed.py --images_dir DATA_DIR                      # throughput, time_to_accuracy
+python scripts/bench/train_speed.py --images_dir DATA_DIR --only throughput --repeats 5
+python scripts/bench/train_speed.py --images_dir DATA_DIR --only seeds --seeds 3 --recipe configs/fast_cpu.yaml
 
   throughput        training images/s with the tutorial network (Tudui, batch 64, plain SGD):
                     a loop written the way the tutorial writes it (torchvision-style dataset that
@@ -10,43 +10,31 @@ python scripts/bench/train_speed.py --data_dir data --only seeds --seeds 3 --rec
                     scripts/fit.py's path (uint8 batches, normalisation in the model), plain and
                     with --model.channels_last true; and the network's step alone on one batch in
                     memory, the ceiling that no data path can beat.
-  overhead          Lightning's per-step cost: the fit path against a plain loop over the same
-                    DataModule batches and augmentation, the same ImageClassifier, its metric
-                    updates, optimiser and mixed precision. The recipe is --overhead_recipe
-                    (default: the tutorial's, with channels-last); e.g. configs/fast.yaml on a GPU.
-  time_to_accuracy  wall time from launching scripts/fit.py with a recipe to its first validation
-                    at or above --target (the data cache already built).
+  time_to_accuracy  wall time from the start of fit.py's run with --recipe (fit() in this process)
+                    to its first validation at or above --target (the data cache already built).
   seeds             the recipe (--recipe, comma-separated files are passed as repeated --config)
-                    launched as a user would, once per seed (--seeds N: 0..N-1), each timed from
-                    launch to exit, in tutorial epochs (TE) too: the time the tutorial's own loop
-                    takes for 50,000 images, measured before and after the runs. Prints mean ± sd of
-                    val and test accuracy; with --predict_dir, predict.py's accuracy on that
-                    labelled folder with each run's best checkpoint as well. With --test_pass, data
-                    without a test split gets one of 10,000 images (the validation images twice,
-                    as symlinks), so the time includes a test pass of CIFAR-10's size and the test
-                    accuracy must equal the validation accuracy.
+                    once per seed (--seeds N: 0..N-1) by sweep.py's seed runner (sweep --seeds N),
+                    each fit timed from its start to its end, in tutorial epochs (TE) too: the time
+                    the tutorial's own loop takes for 50,000 images, measured before and after the
+                    runs. Prints mean ± sd of val and test accuracy; with --predict_dir, predict's
+                    accuracy on that labelled folder with each run's best checkpoint as well. With
+                    --test_pass, data without a test split gets one of 10,000 images (the validation
+                    images twice, as symlinks), so the time includes a test pass of CIFAR-10's size
+                    and the test accuracy must equal the validation accuracy.
 
-Runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine drifts. Prints a
-table and writes the figures as JSON (--json).
+Lightning's own cost per step and at start-up: scripts/bench/overhead.py. --images_dir defaults to
+$DATA_DIR. Runs alternate (A, B, A, B, ...) and medians are reported, because a shared machine
+drifts. Prints a table and writes the figures as JSON (--json).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import logging
-import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -57,9 +45,26 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.cli.fit import ClassifierCLI  # noqa: E402
-from lightning_modules.cli.sweep import mean_sd  # noqa: E402
+from lightning_modules.cli.frame import pick_device, positive_int, reuse_freed_memory  # noqa: E402
 from lightning_modules.nets import Tudui  # noqa: E402
+from lightning_modules.reporting.tables import mean_sd, pct, text_table  # noqa: E402
+from scripts.bench.common import (  # noqa: E402
+    add_images_dir,
+    add_json_option,
+    alternate,
+    chosen_parts,
+    machine,
+    machine_line,
+    medians,
+    need_images_dir,
+    now,
+    quiet_lightning,
+    recipe_files,
+    seed_runs,
+    write_json,
+)
+
+TUTORIAL = str(ROOT / "configs" / "tutorial.yaml")
 
 
 class TutorialStyleCIFAR10(Dataset):
@@ -78,13 +83,6 @@ class TutorialStyleCIFAR10(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
-def now() -> float:
-    """perf_counter once the GPU's queued work is done: CUDA calls return before the work is."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def timed_steps(batches, step, warmup: int, steps: int, batch_size: int) -> float:
@@ -149,11 +147,6 @@ def network_alone(device: torch.device, warmup: int, steps: int) -> float:
     return timed_steps(itertools.repeat(None), step, warmup, steps, 64)
 
 
-def resolve_device(accelerator: str) -> torch.device:
-    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if wants_gpu else "cpu")
-
-
 class StepClock(L.Callback):
     """Times training batches warmup+1 .. warmup+steps of a Trainer run; ``rate`` is images/s."""
 
@@ -171,105 +164,57 @@ class StepClock(L.Callback):
             self.rate = self.steps * self.batch_size / (now() - self.start)
 
 
-TUTORIAL = str(ROOT / "configs" / "tutorial.yaml")
+def fit_path(images_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str) -> float:
+    """scripts/fit.py's trainer, model and data for the tutorial recipe, timed over the same number of steps."""
+    from lightning_modules.cli.fit import ClassifierCLI
 
-
-def build_cli(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str, recipe=TUTORIAL):
-    args = [
-        "--config", recipe, "--data.data_dir", data_dir, "--trainer.check_val_every_n_epoch", "1",
+    cli = ClassifierCLI(args=[
+        "--config", TUTORIAL, "--data.data_dir", images_dir, "--trainer.check_val_every_n_epoch", "1",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(warmup + steps),
         "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.accelerator", accelerator,
         "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", "--test", "false", *extra,
-    ]  # fmt: skip
-    return ClassifierCLI(args=args)
-
-
-def fit_path(data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str, recipe=TUTORIAL):
-    """scripts/fit.py's trainer, model and data for a recipe, timed over the same number of steps."""
-    cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator, recipe)
+    ])  # fmt: skip
     clock = StepClock(warmup, steps, cli.datamodule.hparams.batch_size)
     cli.trainer.callbacks.append(clock)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return clock.rate
 
 
-def plain_loop_same_path(
-    data_dir: str, extra: list[str], tmp: Path, warmup: int, steps: int, accelerator: str, recipe=TUTORIAL
-):
-    """No Trainer: the same DataModule batches and augmentation, model, metric updates, optimiser and
-    precision as the recipe's fit path, in a for loop.
+class FitStart(L.Callback):
+    """When fitting starts: the run's per-epoch wall times (report.json's) count from here."""
 
-    Left out, each a one-off or microseconds per step: the network's data-dependent initialisation
-    (AirbenchNet's whitening), the learning-rate schedule's step, logging.
-    """
-    cli = build_cli(data_dir, extra, tmp, warmup, steps, accelerator, recipe)
-    model, data = cli.model, cli.datamodule
-    precision = str(cli.trainer.precision)
-    device = resolve_device(accelerator)
-    data.prepare_data()
-    data.setup("fit")
-    loader = data.train_dataloader()
-    data.trainer = SimpleNamespace(training=True, current_epoch=0)  # what on_after_batch_transfer reads
-    model.to(device).train()
-    model.setup("fit")
-    model.hparams.lr_scheduler = None  # configure_optimizers would ask the (absent) Trainer for the run length
-    optimizer = model.configure_optimizers()
-    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    if half is None and precision != "32-true":
-        raise SystemExit(f"error: the plain loop knows precision 32-true, bf16-mixed and 16-mixed, not {precision}")
-    scaler = torch.amp.GradScaler(device.type, enabled=half is torch.float16)
-    before_step = getattr(model.net, "before_optimizer_step", None)
+    at = float("nan")
 
-    def step(batch) -> None:
-        batch = data.on_after_batch_transfer(tuple(t.to(device, non_blocking=True) for t in batch), 0)
-        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
-            loss, preds, targets = model.shared_step(batch)
-        model.train_metrics.update(preds, targets, loss)
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        if before_step is not None:
-            before_step(0)
-        scaler.step(optimizer)
-        scaler.update()
-
-    return timed_steps(loader, step, warmup, steps, data.hparams.batch_size)
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.at = time.perf_counter()
 
 
-def checkout_env() -> dict[str, str]:
-    """The environment for fit.py processes: they find the project from a plain checkout too (a GPU
-    machine where it is not installed)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def time_to_accuracy(images_dir: str, recipes: list[str], target: float, extra: list[str], tmp: Path) -> dict:
+    """fit() with the recipe, as scripts/fit.py runs it; the seconds from its start to each validation."""
+    from lightning_modules.cli.fit import fit
 
-
-def time_to_accuracy(data_dir: str, recipe: str, target: float, extra: list[str], tmp: Path) -> dict:
-    """Launch scripts/fit.py with the recipe; read its per-epoch lines as they come."""
-    command = [
-        sys.executable, str(ROOT / "scripts" / "fit.py"), "--config", recipe, "--data.data_dir", data_dir,
-        "--trainer.logger.init_args.save_dir", str(tmp), "--test", "false", *extra,
-    ]  # fmt: skip
+    clock = FitStart()
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp, env=checkout_env()
-    )
-    history, reached = [], None
-    for line in process.stdout:
-        match = re.search(r"^epoch (\d+)/\d+ .*val/acc (\d\.\d+)", line)
-        if match:
-            seconds = time.perf_counter() - start
-            history.append({"epoch": int(match.group(1)), "val_acc": float(match.group(2)), "s": round(seconds, 1)})
-            print(f"  {seconds:6.1f} s  {line.strip()}", flush=True)
-            if reached is None and float(match.group(2)) >= target:
-                reached = seconds
-    returncode = process.wait()
-    if returncode != 0:
-        raise SystemExit(f"error: {' '.join(command)} exited with {returncode}")
+    result = fit([
+        *[a for r in recipes for a in ("--config", r)], "--data.data_dir", images_dir,
+        "--trainer.logger.init_args.save_dir", str(tmp / "time_to_accuracy"), "--test", "false", *extra,
+    ], callbacks=[clock])  # fmt: skip
+    total = time.perf_counter() - start
+    history = [
+        {"epoch": e["epoch"], "val_acc": e["val/acc"], "s": round(clock.at - start + e["wall_s"], 1)}
+        for e in result["epochs"]
+        if "val/acc" in e
+    ]
+    for row in history:
+        print(f"  {row['s']:6.1f} s  epoch {row['epoch']}  val/acc {row['val_acc']:.4f}", flush=True)
+    reached = next((row["s"] for row in history if row["val_acc"] >= target), None)
     return {
-        "recipe": recipe,
+        "recipe": ",".join(recipes),
         "target": target,
-        "seconds_to_target": round(reached, 1) if reached is not None else None,
-        "total_s": round(time.perf_counter() - start, 1),
+        "seconds_to_target": reached,
+        "total_s": round(total, 1),
         "final_val_acc": history[-1]["val_acc"] if history else None,
         "history": history,
     }
@@ -280,7 +225,7 @@ def tutorial_epoch_s(split, device: torch.device, steps: int) -> float:
     return 50_000 / tutorial_loop(split, device, warmup=min(10, steps), steps=steps)
 
 
-def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
+def val_as_test(images_dir: str, val_size: int, tmp: Path) -> str:
     """A copy of an image-folder dataset (symlinks) whose test split is its validation images twice.
 
     The runs then pay for a 10,000-image test pass, like a user's run on CIFAR-10, while the test
@@ -288,7 +233,7 @@ def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
     checks that fit's test path scores the same way as its validation."""
     from datamodules.sources import scan_folder, split_indices
 
-    root = Path(data_dir).resolve()
+    root = Path(images_dir).resolve()
     classes, files = scan_folder(root)  # the DataModule's own listing, in its order
     if set(files) != {"train"}:
         raise SystemExit(
@@ -313,229 +258,166 @@ def val_as_test(data_dir: str, val_size: int, tmp: Path) -> str:
     return str(data)
 
 
-def seed_runs(
-    data_dir: str, recipes: list[str], seeds: int, extra: list[str], tmp: Path, predict_dir, runs_dir=None
-) -> list[dict]:
-    """Each seed as a user runs it: scripts/fit.py in its own process, timed from launch to exit."""
-    # The processes run in ``tmp``, so every path they get is absolute.
-    data_dir, recipes = str(Path(data_dir).resolve()), [str(Path(r).resolve()) for r in recipes]
-    predict_dir = str(Path(predict_dir).resolve()) if predict_dir else None
-    tmp.mkdir(parents=True, exist_ok=True)
-    env = checkout_env()
-    save_dirs = [(Path(runs_dir).resolve() if runs_dir else tmp) / f"seed_{seed}" for seed in range(seeds)]
-    for save_dir in save_dirs:  # each seed's report is found by its folder, so it must start empty
-        if save_dir.exists() and any(save_dir.iterdir()):
-            raise SystemExit(f"error: {save_dir} holds an earlier run; give --runs_dir an empty or new folder")
-    runs = []
-    for seed, save_dir in enumerate(save_dirs):
-        command = [
-            sys.executable, str(ROOT / "scripts" / "fit.py"), *[a for r in recipes for a in ("--config", r)],
-            "--data.data_dir", data_dir, "--seed_everything", str(seed),
-            "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
-        ]  # fmt: skip
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp, env=env)
-        seconds = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"error: seed {seed} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
-        (report_file,) = save_dir.glob("*/version_*/report.json")
-        report = json.loads(report_file.read_text())
-        run = {
-            "seed": seed,
-            "wall_s": round(seconds, 1),
-            "val_acc": report["best_val_acc"],
-            "last_val_acc": report["epochs"][-1]["val/acc"],
-            "train_s": report["train_seconds"],
-            "test_acc": (report.get("test") or {}).get("test/acc"),
-        }
-        if predict_dir:
-            predicted = subprocess.run(
-                [sys.executable, str(ROOT / "scripts" / "predict.py"), "--ckpt_path", report["best_checkpoint"],
-                 str(predict_dir)], capture_output=True, text=True, cwd=tmp, env=env,
-            )  # fmt: skip
-            match = re.search(r"accuracy [\d.]+% \((\d+)/(\d+),", predicted.stderr)
-            run["predict_acc"] = int(match.group(1)) / int(match.group(2)) if match else None
-        print(f"  seed {seed}: {run}", flush=True)
-        runs.append(run)
-    return runs
-
-
 def median_rates(runs: dict, repeats: int) -> dict[str, float]:
     """Each named runner ``repeats`` times, interleaved; the median images/s of each."""
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(repeats):
-        for name, run in runs.items():
-            rates[name].append(run())
-            print(f"  repeat {r + 1}/{repeats} {name}: {rates[name][-1]:,.0f} images/s", flush=True)
-    return {name: statistics.median(values) for name, values in rates.items()}
+
+    def show(name: str, repeat: int, rate: float) -> None:
+        print(f"  repeat {repeat + 1}/{repeats} {name}: {rate:,.0f} images/s", flush=True)
+
+    return medians(alternate(runs, repeats, show))
 
 
-def main() -> None:
+# -- the parts: each takes the bench and returns its figures and its rows of the table ---------------
+
+
+class Bench:
+    """What every part gets: the options, a temporary folder, the device, and the data."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, device: torch.device, images_dir: str) -> None:
+        self.args, self.tmp, self.device = args, tmp, device
+        self.images_dir = images_dir  # the data every part trains on (with --test_pass: the copy with a test split)
+        self.extra = ["--data.val_size", str(args.val_size)]  # fit.py options of every part: the same split
+        self.split = None  # the training split, for the tutorial's loop
+
+
+def throughput_part(b: Bench):
+    a = b.args
+    print("throughput: tutorial network, batch 64", flush=True)
+    timing = (b.tmp, a.warmup, a.steps, a.accelerator)
+    channels_last = [*b.extra, "--model.channels_last", "true"]
+    rates = median_rates(
+        {
+            "tutorial_loop": lambda: tutorial_loop(b.split, b.device, a.warmup, a.steps),
+            "fit_path": lambda: fit_path(b.images_dir, b.extra, *timing),
+            "fit_path_channels_last": lambda: fit_path(b.images_dir, channels_last, *timing),
+            "network_alone": lambda: network_alone(b.device, a.warmup, a.steps),
+        },
+        a.repeats,
+    )
+    base = rates["tutorial_loop"]
+    figures = {name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()}
+    ceiling = {"network_alone": " (ceiling: no data path)"}
+    rows = [
+        (f"throughput: {name}", f"{r:,.0f} images/s", f"{r / base:.2f}x tutorial loop{ceiling.get(name, '')}")
+        for name, r in rates.items()
+    ]
+    return figures, rows
+
+
+def time_to_accuracy_part(b: Bench):
+    a = b.args
+    recipes = recipe_files(a.recipe)
+    print(f"time_to_accuracy: {a.recipe}, target {pct(a.target)}", flush=True)
+    found = time_to_accuracy(b.images_dir, recipes, a.target, [*b.extra, "--trainer.accelerator", a.accelerator],
+                             b.tmp)  # fmt: skip
+    reached = f"{found['seconds_to_target']:.0f} s" if found["seconds_to_target"] is not None else "not reached"
+    note = f"final val/acc {pct(found['final_val_acc'])} after {found['total_s']:.0f} s"
+    return found, [(f"time to {a.target:.0%}: {' + '.join(Path(r).name for r in recipes)}", reached, note)]
+
+
+def seeds_part(b: Bench):
+    a = b.args
+    recipes = recipe_files(a.recipe)
+    name = " + ".join(Path(r).name for r in recipes)
+    print(f"seeds: {name}, {a.seeds} runs", flush=True)
+    # Every fit() sets fit.py's allocator for this process; the tutorial's epochs are timed under it too.
+    reuse_freed_memory()
+    te_before = tutorial_epoch_s(b.split, b.device, a.steps)
+    out_dir = Path(a.runs_dir) if a.runs_dir else b.tmp / "seeds"
+    fit_options = [*b.extra, "--trainer.accelerator", a.accelerator]
+    runs = seed_runs(b.images_dir, recipes, a.seeds, fit_options, out_dir, a.predict_dir, a.accelerator)
+    te_after = tutorial_epoch_s(b.split, b.device, a.steps)
+    te = (te_before + te_after) / 2
+    for run in runs:
+        run["te"] = round(run["wall_s"] / te, 2)
+    figures = {"recipes": recipes, "tutorial_epoch_s": [round(te_before, 1), round(te_after, 1)], "runs": runs}
+    rows = [
+        (
+            f"seeds: {name}",
+            f"{len(runs)} runs",
+            f"1 TE = {te:.1f} s ({te_before:.1f} s before, {te_after:.1f} s after)",
+        ),
+        ("  val/acc (%)", mean_sd([r["val_acc"] for r in runs], 100), "mean ± sd"),
+    ]
+    if any(r["test_acc"] is not None for r in runs):
+        rows.append(("  test/acc (%)", mean_sd([r["test_acc"] for r in runs], 100), "mean ± sd"))
+    if a.predict_dir:
+        rows.append(("  predict acc (%)", mean_sd([r.get("predict_acc") for r in runs], 100), f"on {a.predict_dir}"))
+    tes = f"{mean_sd([r['te'] for r in runs])} TE; max {max(r['te'] for r in runs):.2f} TE"
+    rows.append(("  wall per fit", f"{mean_sd([r['wall_s'] for r in runs], digits=0)} s", tes))
+    return figures, rows
+
+
+PARTS = {"throughput": throughput_part, "time_to_accuracy": time_to_accuracy_part, "seeds": seeds_part}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", required=True, help="CIFAR-10 (official files or an image-folder tree)")
-    parser.add_argument("--only", default="throughput,overhead,time_to_accuracy", help="comma-separated parts")
-    parser.add_argument("--steps", type=int, default=150, help="timed training steps per run")
+    add_images_dir(parser)
+    parser.add_argument(
+        "--only", default="throughput,time_to_accuracy", help=f"comma-separated, from {', '.join(PARTS)}"
+    )
+    parser.add_argument("--steps", type=positive_int, default=150, help="timed training steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per variant; medians reported")
-    parser.add_argument("--recipe", default=str(ROOT / "configs" / "fast_cpu.yaml"), help="for time_to_accuracy")
-    parser.add_argument("--overhead_recipe", default=TUTORIAL, help="recipe for the overhead part")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="alternating runs per variant; medians reported"
+    )
+    parser.add_argument("--recipe", default=str(ROOT / "configs" / "fast_cpu.yaml"), help="time_to_accuracy, seeds")
     parser.add_argument("--target", type=float, default=0.85, help="validation accuracy for time_to_accuracy")
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (all parts run on the same one)")
-    parser.add_argument("--json", default="benchmark.json", help="where the figures go")
+    add_json_option(parser, "benchmark.json")
     parser.add_argument("--val_size", type=int, default=5000, help="images of train held out, as in the recipes")
-    parser.add_argument("--seeds", type=int, default=3, help="runs of the recipe for the seeds part (seeds 0..N-1)")
-    parser.add_argument("--predict_dir", help="seeds part: a labelled folder (<class>/*) for predict.py's accuracy")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="runs of the recipe for the seeds part (0..N-1)")
+    parser.add_argument("--predict_dir", help="seeds part: a labelled folder (<class>/*) for predict's accuracy")
     parser.add_argument("--runs_dir", help="seeds part: keep each run's directory (checkpoints, report) here")
     parser.add_argument(
         "--test_pass", action="store_true", help="seeds part: add a 10,000-image test split (validation twice)"
     )
-    args = parser.parse_args()
-    parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    known = ("throughput", "overhead", "time_to_accuracy", "seeds")
-    unknown = parts - set(known)
-    if unknown:
-        parser.error(f"--only: unknown parts {sorted(unknown)}; choose from {', '.join(known)}")
-    if args.seeds < 1:
-        parser.error("--seeds must be a positive integer")
-    from lightning.pytorch.utilities import disable_possible_user_warnings
+    args = parser.parse_args(argv)
+    need_images_dir(parser, args)
+    if "overhead" in args.only.split(","):
+        parser.error("--only overhead: Lightning's overhead is measured by scripts/bench/overhead.py now")
+    args.only = chosen_parts(parser, args.only, tuple(PARTS))
+    return args
 
-    disable_possible_user_warnings()
-    # The fit path is built from an argument list on purpose; Lightning warns whenever sys.argv is not empty.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    device = resolve_device(args.accelerator)
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        machine["cpu"] = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    results: dict = {"machine": machine, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        common = (tmp, args.warmup, args.steps, args.accelerator)
-        same_split = ["--data.val_size", str(args.val_size)]
-        cache_dir = None
-        if "seeds" in parts and args.test_pass:
-            args.data_dir = val_as_test(args.data_dir, args.val_size, tmp)
-            # Its decoded cache is keyed by this temporary path, so it goes when the folder goes.
-            cache_dir = str(tmp / "cache")
-            same_split += ["--data.cache_dir", cache_dir]
-        if parts & {"throughput", "overhead", "seeds"}:
-            from datamodules import CIFAR10DataModule
 
-            data = CIFAR10DataModule(
-                data_dir=args.data_dir, download=False, val_size=args.val_size, cache_dir=cache_dir
-            )
-            data.prepare_data()
-            data.setup("fit")
-            split = data.train_split
-        if "throughput" in parts:
-            print("throughput: tutorial network, batch 64", flush=True)
-            rates = median_rates(
-                {
-                    "tutorial_loop": lambda: tutorial_loop(split, device, args.warmup, args.steps),
-                    "fit_path": lambda: fit_path(args.data_dir, same_split, *common),
-                    "fit_path_channels_last": lambda: fit_path(
-                        args.data_dir, [*same_split, "--model.channels_last", "true"], *common
-                    ),
-                    "network_alone": lambda: network_alone(device, args.warmup, args.steps),
-                },
-                args.repeats,
-            )
-            base = rates["tutorial_loop"]
-            results["throughput"] = {
-                name: {"images_per_s": round(r, 1), "vs_tutorial": round(r / base, 3)} for name, r in rates.items()
-            }
-            rows += [
-                (
-                    f"throughput: {name}",
-                    f"{r:,.0f} images/s",
-                    f"{r / base:.2f}x tutorial loop" + (" (ceiling: no data path)" if name == "network_alone" else ""),
-                )
-                for name, r in rates.items()
-            ]
-        if "overhead" in parts:
-            recipe = args.overhead_recipe
-            print(f"overhead: {Path(recipe).name}, same data path and model, with and without the Trainer", flush=True)
-            # The tutorial recipe as the fast path runs it; other recipes exactly as written.
-            extra = [*same_split, *(["--model.channels_last", "true"] if recipe == TUTORIAL else [])]
-            rates = median_rates(
-                {
-                    "plain_loop": lambda: plain_loop_same_path(args.data_dir, extra, *common, recipe),
-                    "fit_path": lambda: fit_path(args.data_dir, extra, *common, recipe),
-                },
-                args.repeats,
-            )
-            ratio = rates["plain_loop"] / rates["fit_path"]
-            results["overhead"] = {
-                "recipe": recipe,
-                "plain_loop_images_per_s": round(rates["plain_loop"], 1),
-                "fit_path_images_per_s": round(rates["fit_path"], 1),
-                "time_ratio_fit_vs_plain": round(ratio, 3),
-            }
-            rows.append(("overhead: fit path / plain loop", f"{ratio:.3f}x time per step", "target <= 1.10x"))
-        if "time_to_accuracy" in parts:
-            print(f"time_to_accuracy: {args.recipe}, target {args.target:.2%}", flush=True)
-            extra = [*same_split, "--trainer.accelerator", args.accelerator]
-            found = time_to_accuracy(args.data_dir, args.recipe, args.target, extra, tmp)
-            results["time_to_accuracy"] = found
-            reached = f"{found['seconds_to_target']:.0f} s" if found["seconds_to_target"] is not None else "not reached"
-            rows.append(
-                (
-                    f"time to {args.target:.0%}: {Path(args.recipe).name}",
-                    reached,
-                    f"final val/acc {found['final_val_acc']:.4f} after {found['total_s']:.0f} s",
-                )
-            )
-        if "seeds" in parts:
-            recipes = [r for r in args.recipe.split(",") if r]
-            print(f"seeds: {' + '.join(Path(r).name for r in recipes)}, {args.seeds} runs", flush=True)
-            te_before = tutorial_epoch_s(split, device, args.steps)
-            runs = seed_runs(args.data_dir, recipes, args.seeds, [*same_split, "--trainer.accelerator",
-                             args.accelerator], tmp, args.predict_dir, args.runs_dir)  # fmt: skip
-            te_after = tutorial_epoch_s(split, device, args.steps)
-            te = (te_before + te_after) / 2
-            for run in runs:
-                run["te"] = round(run["wall_s"] / te, 2)
-            results["seeds"] = {"recipes": recipes, "tutorial_epoch_s": [round(te_before, 1), round(te_after, 1)],
-                                "runs": runs}  # fmt: skip
-            name = " + ".join(Path(r).name for r in recipes)
-            rows.append((f"seeds: {name}", f"{len(runs)} runs", f"1 TE = {te:.1f} s ({te_before:.1f} s before, "
-                         f"{te_after:.1f} s after)"))  # fmt: skip
-            rows.append(("  val/acc (%)", mean_sd([r["val_acc"] for r in runs], 100), "mean ± sd"))
-            if any(r["test_acc"] is not None for r in runs):
-                rows.append(("  test/acc (%)", mean_sd([r["test_acc"] for r in runs], 100), "mean ± sd"))
-            if args.predict_dir:
-                rows.append(("  predict.py acc (%)", mean_sd([r.get("predict_acc") for r in runs], 100),
-                             f"on {args.predict_dir}"))  # fmt: skip
-            wall = mean_sd([r["wall_s"] for r in runs], digits=0)
-            tes = mean_sd([r["te"] for r in runs])
-            rows.append(("  wall, launch to exit", f"{wall} s", f"{tes} TE; max {max(r['te'] for r in runs):.2f} TE"))
-    print(
-        f"\nMachine: {machine['cpu']}, {machine['cpu_threads']} threads, device {machine['device']}, "
-        f"torch {machine['torch']}, lightning {machine['lightning']}"
-    )
-    width = max(len(r[0]) for r in rows) if rows else 0
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>22}  {note}")
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"Figures: {args.json}")
+def prepare(args: argparse.Namespace, tmp: Path) -> Bench:
+    """The data every part uses, loaded once (a bad --val_size stops here, before any timing)."""
+    b = Bench(args, tmp, pick_device(args.accelerator), args.images_dir)
+    cache_dir = None
+    if "seeds" in args.only and args.test_pass:
+        b.images_dir = val_as_test(args.images_dir, args.val_size, tmp)
+        cache_dir = str(tmp / "cache")  # its decoded cache is keyed by this temporary path: it goes with it
+        b.extra += ["--data.cache_dir", cache_dir]
+    if {"throughput", "seeds"} & set(args.only):
+        from datamodules import CIFAR10DataModule
+
+        data = CIFAR10DataModule(data_dir=b.images_dir, download=False, val_size=args.val_size, cache_dir=cache_dir)
+        data.prepare_data()
+        data.setup("fit")
+        b.split = data.train_split
+    return b
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rows, results = [], {"machine": {}, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
+    with tempfile.TemporaryDirectory() as name, quiet_lightning():
+        b = prepare(args, Path(name))
+        results["machine"] = machine(b.device)
+        for part in args.only:
+            results[part], part_rows = PARTS[part](b)
+            rows += part_rows
+    print(f"\nMachine: {machine_line(results['machine'])}")
+    print(text_table(("part", "measured", "note"), rows, right=(1,)))
+    write_json(args.json, results)
+    return results
 
 
 if __name__ == "__main__":
-    from datamodules import DataError
+    from lightning_modules.cli.frame import expected_errors
 
     try:
         main()
-    except DataError as err:
+    except expected_errors() as err:
         sys.exit(f"error: {err}")
