@@ -44,6 +44,15 @@ class ImageFileError(Exception):
     """This one input could not be used as an image; the message names it and says why."""
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """The one rule for which files are images, wherever a folder or pattern is listed (training and
+    evaluation folders, predict.py's and export.py's folders and patterns): a supported suffix and a
+    name that does not start with "." (hidden files: macOS's ``._x.jpg`` resource forks, editors'
+    and thumbnailers' leftovers). A file named explicitly on a command line is read whatever its name."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in SUFFIXES
+
+
 def read_image(
     source: str | os.PathLike | bytes, size: int, name: str | None = None, max_pixels: int = MAX_PIXELS
 ) -> torch.Tensor:
@@ -139,24 +148,26 @@ def expand_inputs(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
     """Each argument (file, folder searched recursively, or glob pattern) as (label, path, error) rows,
     in argument order; a row with an error stands for an input that yields no image.
 
-    Folders and patterns give regular files only, each real file once (symlinks to files are
-    followed, symlinks to folders are not, so a loop cannot repeat or hang), at any depth."""
+    Folders and patterns give image files only (``is_image_file``: hidden files and folders are
+    skipped, as a shell's ``*`` skips them), regular files, each real file once (symlinks to files
+    are followed, symlinks to folders are not, so a loop cannot repeat or hang), at any depth. A
+    file named explicitly is read whatever its name."""
     import glob
 
     rows: list[tuple[str, Path | None, str | None]] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = [p for p in walk_files(path) if p.suffix.lower() in SUFFIXES]
+            found = [p for p in walk_files(path) if is_image_file(p)]
             if not found:
                 rows.append((arg, None, f"{arg}: folder holds no images ({', '.join(sorted(SUFFIXES))})"))
             rows.extend((str(p), p, None) for p in found)
         elif path.exists() or path.is_symlink():
             rows.append((arg, path, None))  # the reader names what is wrong with it, if anything
         elif glob.has_magic(arg):
-            found = match_pattern(arg)
+            found = [p for p in match_pattern(arg) if is_image_file(p)]
             if not found:
-                rows.append((arg, None, f"{arg}: pattern matches no files"))
+                rows.append((arg, None, f"{arg}: pattern matches no image files ({', '.join(sorted(SUFFIXES))})"))
             rows.extend((str(p), p, None) for p in found)
         else:
             rows.append((arg, None, f"{arg}: no such file or folder"))
@@ -165,7 +176,8 @@ def expand_inputs(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
 
 def walk_files(root: Path) -> list[Path]:
     """Regular files under ``root`` in sorted order, without recursion (any depth) and without
-    entering symlinked folders; a file reached twice (through links) is listed once."""
+    entering symlinked or hidden folders (names starting with "."); a file reached twice (through
+    links) is listed once."""
     files, seen, stack = [], set(), [root]
     while stack:
         folder = stack.pop()
@@ -176,7 +188,8 @@ def walk_files(root: Path) -> list[Path]:
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    if not entry.name.startswith("."):
+                        stack.append(Path(entry.path))
                 elif entry.is_file():  # follows a symlink to a file; False for FIFOs, devices, dangling links
                     real = os.path.realpath(entry.path)
                     if real not in seen:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from datamodules.atomic_files import atomic_write
 from datamodules.augment import resize
-from datamodules.image_reader import SUFFIXES, ImageFileError, read_image
+from datamodules.image_reader import SUFFIXES, ImageFileError, is_image_file, read_image
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -316,7 +316,7 @@ def scan_folder(
         for label, name in enumerate(classes):
             with os.scandir(split_dir / name) as it:
                 for e in it:
-                    if e.name.startswith(".") or Path(e.name).suffix.lower() not in SUFFIXES:
+                    if not is_image_file(e.name):  # the one rule, shared with predict's folders
                         continue
                     try:
                         st = e.stat()

@@ -1,6 +1,12 @@
 """The command line of scripts/compare.py: runs side by side, from their report.json files.
 
-python scripts/compare.py RUN_DIR [RUN_DIR ...] [--output compare.png]
+python scripts/compare.py RUN_DIR [RUN_DIR ...] [--output FILE.png]
+
+It prints the table; the figure (validation accuracy against wall time) is drawn only into the
+``--output`` named, never into a default file. The output may not be inside a run directory it
+compares, nor an existing file other than a PNG compare.py drew before (``outputs.check_output``).
+Epochs are the run's real count, the last reported epoch + 1: report.json has a row per
+validation, so a run that validated only at its end has one row (``epochs_run``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
 from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
+from lightning_modules.cli.outputs import check_output, png_metadata, png_written_by
 from lightning_modules.reporting.tables import pct, text_table
 
 
@@ -27,12 +34,21 @@ def load_run(run_dir: Path) -> dict:
     return {
         "run": str(run_dir),
         "recipe": f"{logger.get('name', '?')} ({net})",
-        "epochs": len(report.get("epochs", [])),
+        "epochs": epochs_run(report),
         "time_s": report.get("wall_time_s"),
         "best_val_acc": report.get("best_val_acc"),
         "test_acc": (report.get("test") or {}).get("test/acc"),
         "curve": [(row["wall_s"], row["val/acc"]) for row in report.get("epochs", []) if "val/acc" in row],
     }
+
+
+def epochs_run(report: dict) -> int:
+    """How many epochs the run trained: its last reported epoch + 1. report.json has a row per
+    validated epoch, so a run validating every n epochs has fewer rows than epochs; fit.py refuses
+    a ``check_val_every_n_epoch`` that does not divide ``max_epochs``, so a finished run's last
+    epoch always has its row (an interrupted run counts up to its last validation)."""
+    epochs = [row.get("epoch") for row in report.get("epochs") or [] if isinstance(row, dict)]
+    return max((e for e in epochs if isinstance(e, int) and not isinstance(e, bool)), default=-1) + 1
 
 
 def table(runs: list[dict]) -> str:
@@ -66,12 +82,29 @@ def curves_figure(runs: list[dict]):
 def compare_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="compare.py", description="Compare training runs side by side.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="e.g. runs/tutorial/version_0")
-    parser.add_argument("--output", default="compare.png", help="PNG of validation accuracy against wall time")
+    parser.add_argument(
+        "--output", help="also draw validation accuracy against wall time into this PNG (default: the table only)"
+    )
     args = parser.parse_args(argv)
-    runs = [load_run(Path(d)) for d in args.run_dirs]
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.output:
+        output = Path(args.output)
+        check_output(
+            output,
+            option="--output",
+            named=True,
+            inputs=[d / "report.json" for d in run_dirs],
+            read_dirs=[d for d in run_dirs if d.is_dir()],
+            ours=lambda p: png_written_by(p, "compare.py"),
+            what="PNG compare.py drew",
+        )
+        if output.suffix.lower() != ".png":
+            raise UsageError(f"--output {output}: the figure is a PNG; give a file name ending in .png")
+    runs = [load_run(d) for d in run_dirs]
     print(table(runs))
-
-    fig = curves_figure(runs)
-    atomic_write(Path(args.output), lambda f: fig.savefig(f, format="png", dpi=110))
-    print(f"wrote {args.output}")
+    if args.output:
+        fig = curves_figure(runs)
+        metadata = png_metadata("compare.py")
+        atomic_write(output, lambda f: fig.savefig(f, format="png", dpi=110, metadata=metadata))
+        print(f"wrote {output}")
     return 0

@@ -8,7 +8,10 @@ recorded in the metadata. After exporting, the file is run (onnxruntime for ONNX
 compared with the checkpoint: max |logit difference| within a tolerance relative to the logits'
 scale, and the same top-1 everywhere. The file is written beside the output under a temporary
 name and only renamed into place when that check passes, so a failed export never leaves a file
-that looks usable; the checkpoint itself is never overwritten.
+that looks usable. Nothing the user has is written over (``outputs.check_output``): never the
+checkpoint or an image of the check; the default name (the checkpoint's with the format's suffix)
+only if no file has it yet, else ``--output`` chooses; a named ``--output`` only if it is a file
+of the format's suffix (an earlier export), never a checkpoint or another kind of file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from datamodules.atomic_files import fsync_dir, make_readable
 from datamodules.image_reader import ImageFileError, expand_inputs, read_image
 from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, add_model_options, one_line_errors
+from lightning_modules.cli.outputs import check_output
 from lightning_modules.inference.export import FORMATS, export_onnx, export_torchscript, parity
 
 
@@ -53,14 +57,30 @@ def default_output(ckpt_path: str, fmt: str) -> Path:
     return ckpt.with_suffix(f".{fmt}{FORMATS[fmt]}") if output == ckpt else output
 
 
+def check_export_output(output: Path, ckpt_path: str, fmt: str, image_paths: list[str], named: bool) -> None:
+    """Refuse, in one line, an output that is the checkpoint or an image of the check, a derived name
+    that exists already, or a named file that is not of the format's suffix."""
+    if Path(output).resolve() == Path(ckpt_path).resolve():
+        raise UsageError(f"--output {output} is the checkpoint itself; choose another file name")
+    suffix = FORMATS[fmt]
+    check_output(
+        output,
+        option="--output",
+        named=named,
+        inputs=[ckpt_path, *image_paths],
+        ours=lambda p: p.is_file() and p.suffix.lower() == suffix,
+        what=f"{suffix} file (an earlier export)",
+    )
+
+
 def export(
-    ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None
+    ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None, named: bool = True
 ) -> tuple[float, float, int, str]:
-    """Export, check parity, and move the file into place only if it passed; returns the parity figures."""
+    """Export, check parity, and move the file into place only if it passed; returns the parity figures.
+    ``named``: the user chose ``output`` (else it was derived from the checkpoint and must not exist)."""
     from lightning_modules.inference.checkpoints import load_classifier
 
-    if output.resolve() == Path(ckpt_path).resolve():
-        raise UsageError(f"--output {output} is the checkpoint itself; choose another file name")
+    check_export_output(output, ckpt_path, fmt, image_paths, named)
     model = load_classifier(ckpt_path, map_location="cpu", tta=tta)
     # Exported graphs run anywhere (onnxruntime, libtorch): keep the default memory layout.
     model.channels_last = False
@@ -89,11 +109,15 @@ def export_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
     add_model_options(parser)  # the export runs on the CPU: --trainer.accelerator is accepted and not used
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
-    parser.add_argument("--output", help="output file (default: the checkpoint's name with .onnx or .pt)")
+    parser.add_argument(
+        "--output", help="output file (default: the checkpoint's name with .onnx or .pt, if no file has that name)"
+    )
     parser.add_argument("--images", nargs="*", default=[], metavar="PATH", help="images for the parity check")
     args = parser.parse_args(argv)
     output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
-    diff, limit, mismatches, described = export(args.ckpt_path, args.format, output, args.images, args.tta)
+    diff, limit, mismatches, described = export(
+        args.ckpt_path, args.format, output, args.images, args.tta, named=bool(args.output)
+    )
     verdict = "passed" if diff <= limit and mismatches == 0 else "FAILED"
     print(
         f"parity {verdict} on {described}: max |logit difference| {diff:.2e} (limit {limit:.0e}), "
