@@ -76,13 +76,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("image_size", image_size)):
-            if value < 1:
-                raise DataError(f"--data.{name} must be a positive integer; got {value}")
+        for name, value, most in (("batch_size", batch_size, 2**20), ("image_size", image_size, 1024)):
+            if not 1 <= value <= most:
+                raise DataError(f"--data.{name} must be a whole number from 1 to {most:,}; got {value}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise DataError(f"--data.eval_batch_size must be a positive integer; got {eval_batch_size}")
         if crop_padding < 0 or num_workers < 0:
             raise DataError("--data.crop_padding and --data.num_workers must be >= 0")
+        if crop_padding > image_size:  # the padded batch would be (image_size + 2 * padding)^2 per image
+            raise DataError(
+                f"--data.crop_padding {crop_padding}: use at most --data.image_size ({image_size}); 4 is usual"
+            )
         if alternate_flip and not flip:
             raise DataError("--data.alternate_flip true needs --data.flip true")
         if progressive_sizes is not None and not all(2 <= size <= image_size for size in progressive_sizes):

@@ -94,6 +94,8 @@ class ImageClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"--model.label_smoothing {label_smoothing}: use a value from 0 to 1 (0.1 is usual)")
         if bias_lr_scale < 0:
             raise ValueError(f"--model.bias_lr_scale must be >= 0, got {bias_lr_scale}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):

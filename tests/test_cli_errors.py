@@ -118,3 +118,11 @@ def test_unknown_or_shortened_options_name_the_closest_real_one(name, args, mean
 def test_more_processes_than_the_machine_has_are_refused(name, args, says, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # before any data or checkpoint is read: neither exists here
     assert says in one_line_exit_2(COMMANDS[name], args, capsys)
+
+
+def test_sweep_names_the_base_of_an_override_recipe(capsys, monkeypatch):
+    from helpers import REPO
+
+    monkeypatch.chdir(REPO)
+    err = one_line_exit_2(sweep_main, ["--seeds", "2", "--config", "configs/fast_cpu_long.yaml"], capsys)
+    assert "extends configs/fast_cpu.yaml" in err

@@ -9,10 +9,12 @@ checkpoint after fitting, and one-line errors instead of tracebacks for bad data
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +167,7 @@ class ClassifierCLI(LightningCLI):
         trainer = self.config.trainer
         trainer.precision = resolve_cpu_precision(trainer, self.config.bf16_fallback)
         check_devices(trainer)
+        check_trainer_counts(trainer)
         # Never write over what the user has: another run's directory, a checkpoint outside the run.
         check_checkpoint_filename(self.config.checkpoint.filename)
         if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
@@ -221,7 +224,12 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     """
     check_config_bases(sys.argv[1:] if args is None else args)
     reuse_freed_memory()
-    cli = ClassifierCLI(args=args)
+    try:
+        cli = ClassifierCLI(args=args)
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError) as err:  # e.g. seeding: --seed_everything -1
+        if os.environ.get("TRACEBACK"):
+            raise
+        raise UsageError(f"the configuration was refused: {(str(err).strip().splitlines() or [''])[0][:300]}") from None
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.callbacks[:0] = callbacks  # before the checkpoint callbacks, which Lightning keeps last
     warn_slow_cpu_bf16(trainer)
@@ -294,6 +302,15 @@ def fit_main(args: list[str] | None = None) -> int:
     """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
     fit(args)
     return 0
+
+
+def check_trainer_counts(trainer_config) -> None:
+    """Values Lightning divides by or numpy refuses, checked before anything starts (they otherwise
+    end in a ZeroDivisionError or ValueError traceback)."""
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = getattr(trainer_config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--trainer.{name} {value}: use a whole number of 1 or more")
 
 
 def check_devices(trainer_config) -> None:
@@ -388,10 +405,42 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
         raise UsageError(f"--ckpt_path {path} does not fit this model's layers; resume with the run's own config")
 
 
+def remove_unstarted_run(trainer: Trainer) -> None:
+    """A fresh run that failed before its first step leaves no run folder (what it wrote: the config
+    and an empty event file); a resumed run's folder is never touched."""
+    log_dir = trainer.log_dir if trainer.loggers else None
+    if trainer.global_step > 0 or trainer.ckpt_path or not log_dir or not trainer.is_global_zero:
+        return
+    folder = Path(log_dir)
+    written = {"config.yaml", "hparams.yaml", "metrics.csv"}
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    if all(n in written or n.startswith("events.out.tfevents.") for n in names):
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # runs/<recipe>/ and runs/, if now empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+# What torch and Lightning raise for a value they refuse once the run starts.
+STARTING_ERRORS = (ValueError, TypeError, ZeroDivisionError, OverflowError, OSError, RuntimeError)
+
+
 def run_or_report_interruption(trainer: Trainer, run, resume_hint: bool = True) -> None:
     """Run ``trainer.fit`` or ``trainer.test``; on Ctrl-C or SIGTERM say what was saved and exit 130."""
     try:
         run()
+    except STARTING_ERRORS as err:
+        # A value torch or Lightning refuses only once the run starts (a negative learning rate, a
+        # scheduler step of 0, a read-only folder): before the first step this is the configuration,
+        # not a bug, so it ends in one line. TRACEBACK=1 shows where it came from.
+        if trainer.current_epoch > 0 or os.environ.get("TRACEBACK"):  # a scheduler steps first at epoch 0's end
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        remove_unstarted_run(trainer)
+        raise UsageError(
+            f"the run could not start: {type(err).__name__}: {reason} (check the options it names; "
+            "TRACEBACK=1 shows where it was raised)"
+        ) from None
     except (KeyboardInterrupt, SystemExit, SIGTERMException):
         # Lightning has already saved the state (LastCheckpoint saves on exceptions), called the
         # callbacks' on_exception (the report is written with what finished) and, for Ctrl-C, turned

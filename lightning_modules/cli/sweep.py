@@ -191,8 +191,9 @@ def read_space(path: Path) -> dict[str, Any]:
 def check_options(space: dict[str, Any], base: list[str], source: str) -> None:
     """Build fit.py's configuration once, as a trial would, with the first value of each range, so that
     an unknown option or a value it refuses stops the sweep before any trial."""
-    from lightning_modules.cli.fit import ClassifierCLI
+    from lightning_modules.cli.fit import ClassifierCLI, check_config_bases
 
+    check_config_bases(base)  # an override recipe without its base: one line naming the base
     sample = [a for key, d in space.items() for a in (f"--{key}", str(first_value(d)))]
     try:
         ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
