@@ -55,10 +55,11 @@ class ImageBodyMiddleware:
     cannot reach the server through DNS rebinding.
     """
 
-    def __init__(self, app, path: str = "/predict", loopback_only: bool = True) -> None:
+    def __init__(self, app, path: str = "/predict", loopback_only: bool = True, max_bytes: int | None = None) -> None:
         self.app = app
         self.path = path
         self.loopback_only = loopback_only
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -75,6 +76,13 @@ class ImageBodyMiddleware:
         if scope["method"] != "POST" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         content_type = request.headers.get("content-type", "")
+        declared = request.headers.get("content-length", "")
+        if self.max_bytes is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            # Answered from the header: a client that declares more than it sends would otherwise hold
+            # the connection until it gives up, waiting for bytes that never come.
+            return await refuse(
+                413, f"the body declares {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit"
+            )
         try:
             if content_type.startswith("application/json"):
                 body = await request.body()
@@ -213,7 +221,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         accelerator=accelerator,
         workers_per_device=args.workers,
         max_payload_size=args.max_bytes,
-        middlewares=[(ImageBodyMiddleware, {"path": "/predict", "loopback_only": args.host == "127.0.0.1"})],
+        middlewares=[
+            (
+                ImageBodyMiddleware,
+                {"path": "/predict", "loopback_only": args.host == "127.0.0.1", "max_bytes": args.max_bytes},
+            )
+        ],
     )
     # SIGTERM (docker stop, kill, a test's teardown) would end this process at once and orphan
     # LitServe's forked API and inference processes; as KeyboardInterrupt it takes LitServe's
