@@ -472,9 +472,10 @@ def _write_cache(path: Path, prefix: str, tree: str, blob: dict, log) -> bool:
         for old in path.parent.glob(f"{tree}{'?' * 16}.pt"):
             old.unlink(missing_ok=True)
         return True
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save on a full disk raises RuntimeError, not OSError
         # The data is already decoded in memory; only the next start gets slower.
-        log(f"Could not write the image cache {path} ({err.strerror}); set --data.cache_dir to a writable folder")
+        reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0][:120]
+        log(f"Could not write the image cache {path} ({reason}); set --data.cache_dir to a writable folder with space")
         return False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -73,6 +74,22 @@ def check_export_output(output: Path, ckpt_path: str, fmt: str, image_paths: lis
     )
 
 
+# What an exported file holds beyond the weights (graph, names, metadata), generously.
+EXPORT_OVERHEAD_BYTES = 16 << 20
+
+
+def check_free_space(folder: Path, model: torch.nn.Module) -> None:
+    """Refuse, in one line, to export into a folder without room for the file: TorchScript's writer
+    aborts the whole process (SIGABRT) on a full disk instead of raising an error."""
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + EXPORT_OVERHEAD_BYTES
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UsageError(
+            f"{folder}: {free / 2**20:.0f} MiB free, the export needs about {needed / 2**20:.0f} MiB; "
+            "free some space or pass --output in another folder"
+        )
+
+
 def export(
     ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None, named: bool = True
 ) -> tuple[float, float, int, str]:
@@ -87,6 +104,7 @@ def export(
     model.net.to(memory_format=torch.contiguous_format)
     images, described = check_images(image_paths, model.image_size)
     output.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(output.parent, model)
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

@@ -1,0 +1,45 @@
+"""A full disk ends in one line and leaves nothing half-written: export, and the image cache (which
+is only a speed-up, so training goes on without it)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import torch
+from helpers import exit_status, make_image_folder, save_checkpoint
+
+from datamodules import CIFAR10DataModule
+from lightning_modules.cli.export import export_main
+
+
+def test_export_into_a_full_folder_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt")
+    out = tmp_path / "out"
+    out.mkdir()
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1 << 20) if str(p) == str(out) else real(p))
+    args = ["--ckpt_path", str(checkpoint), "--format", "torchscript", "--output", str(out / "model.pt")]
+    assert exit_status(export_main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MiB free, the export needs about" in err[0]
+    assert list(out.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_written_is_skipped_with_a_note(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "data", {"train": 4})
+    notes = []
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    data = CIFAR10DataModule(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), val_size=3)
+    monkeypatch.setattr("datamodules.cifar10.rank_zero_info", notes.append)
+    data.prepare_data()
+    data.setup("fit")
+    assert len(data.train_split.labels) == 9  # trained on as if the cache had been written
+    assert any("Could not write the image cache" in str(note) for note in notes)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-written cache file
