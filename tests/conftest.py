@@ -1,71 +1,15 @@
-"""Small data the tests make themselves: image-folder trees and fake official CIFAR-10 batches."""
+"""Pytest fixtures and hooks only; the plain helpers they use (and tests import) live in helpers.py.
+
+The fixtures import helpers when they run, not here: helpers imports Lightning, and Lightning imported
+while pytest loads this file (before its logging handlers are on the root logger) turns off propagation
+of its own logger, so caplog would see none of Lightning's messages."""
 
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import struct
-import subprocess
-import sys
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
-CLASSES = ("cat", "dog", "ship")
-# One dominant colour per class, so that even a tiny run can learn something.
-CLASS_COLOURS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))
-
-
-def class_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
-    base = np.array(CLASS_COLOURS[label % len(CLASS_COLOURS)], dtype=np.int16)
-    noise = rng.integers(-40, 40, (size, size, 3), dtype=np.int16)
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def make_image_folder(
-    root: Path,
-    counts: dict[str, int] | None = None,
-    classes: tuple[str, ...] = CLASSES,
-    size: int = 32,
-    suffix: str = ".png",
-    seed: int = 0,
-) -> Path:
-    """root/{split}/{class}/{i}{suffix} with ``counts[split]`` images per class."""
-    rng = np.random.default_rng(seed)
-    for split, n in (counts or {"train": 20}).items():
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(class_image(rng, label, size)).save(folder / f"{i:04d}{suffix}")
-    return root
-
-
-def make_official_batches(root: Path, per_batch: int = 6, test: int = 8, seed: int = 0) -> Path:
-    """root/cifar-10-batches-py in the official pickle format (5 train batches + test batch)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-
-    def write(name: str, n: int) -> None:
-        labels = [int(x) for x in rng.integers(0, 10, n)]
-        images = np.stack([class_image(rng, lab).transpose(2, 0, 1).reshape(-1) for lab in labels])
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": images, "labels": labels}, f)
-
-    for i in range(1, 6):
-        write(f"data_batch_{i}", per_batch)
-    write("test_batch", test)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": names}, f)
-    return root
 
 
 @pytest.fixture
@@ -88,88 +32,18 @@ def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run one of scripts/*.py in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / "xdg-cache")}
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def save_checkpoint(path: Path, class_names=("cat", "dog", "ship")) -> Path:
-    """A Lightning checkpoint of an untrained tutorial network with the given classes."""
-    import lightning as L
-    import torch
-
-    from lightning_modules import ImageClassifier
-    from lightning_modules.nets import Tudui
-
-    torch.manual_seed(0)
-    model = ImageClassifier(Tudui(num_classes=len(class_names)), class_names=list(class_names))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=0, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path, weights_only=False)  # the whole checkpoint, as fit.py writes it
-    return path
-
-
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
+    from helpers import save_checkpoint
+
     return save_checkpoint(tmp_path / "model.ckpt")
-
-
-def png_with_header_only(path: Path, width: int, height: int) -> None:
-    """A valid PNG signature + IHDR claiming width x height, then IEND: a decompression-bomb header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --- one fit shared by the tests that only read a run -----------------------------------------
-
-
-def tta_run_args(work: Path) -> list[str]:
-    """The options of the shared run, so a test can resume it with the same configuration."""
-    return [
-        "--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache"),
-        "--data.val_size", "30", "--data.batch_size", "16", "--data.eval_batch_size", "7",
-        "--model.tta", "mirror_translate", "--optimizer.momentum", "0.9",
-        "--trainer.logger.init_args.save_dir", str(work / "runs"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ]  # fmt: skip
-
-
-def noisy_folder(root, per_class: dict[str, int]) -> None:
-    """Images whose class shows only as a weak tint in strong noise: a tiny run gets some right, not all."""
-    rng = np.random.default_rng(1)
-    for split, n in per_class.items():
-        for label, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3)).astype(np.int16)
-                pixels[..., label] += 40
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
 
 
 @pytest.fixture(scope="session")
 def tta_run(tmp_path_factory):
     """One fit with mirror+translate TTA and a test split, shared by the tests that only read it."""
+    from helpers import noisy_folder, tta_run_args
+
     from lightning_modules.cli.fit import fit_main
 
     work = tmp_path_factory.mktemp("tta_run")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 # Each layer may import the layers after it in this list, never those before it (docs/architecture.md).
 LAYERS = [

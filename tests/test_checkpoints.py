@@ -160,7 +160,7 @@ def as_written_before_the_move(source: Path, target: Path) -> Path:
 
 
 def test_checkpoints_from_before_the_move_still_predict_export_and_resume(tta_run, tmp_path):
-    from conftest import tta_run_args
+    from helpers import tta_run_args
 
     from lightning_modules.cli.export import export_main
     from lightning_modules.cli.fit import fit_main

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CLASSES, make_image_folder, make_official_batches
+from helpers import CLASSES, make_image_folder, make_official_batches
 from PIL import Image
 
 from datamodules import CIFAR10DataModule, DataError, augment, sources

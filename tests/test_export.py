@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-from conftest import class_image
+from helpers import class_image
 from PIL import Image
 
 from lightning_modules.cli.export import export_main

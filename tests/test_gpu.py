@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, free_port, make_image_folder
+from helpers import REPO, free_port, make_image_folder
 from test_recipes import RECIPES, recipe_configs
 
 from lightning_modules.cli.export import export_main

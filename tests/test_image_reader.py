@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import png_with_header_only
+from helpers import png_with_header_only
 from PIL import Image
 
 from datamodules.image_reader import ImageFileError, expand_inputs, read_image
@@ -101,10 +101,11 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     im.save(tmp_path / "phone.jpg", exif=exif, quality=100)
-    image = read_image(tmp_path / "phone.jpg", 32).float()
-    top, bottom = image[:, :12].mean(dim=(1, 2)), image[:, 20:].mean(dim=(1, 2))
-    assert top[0] > 200 and top[2] < 60  # displayed: red on top
-    assert bottom[2] > 200 and bottom[0] < 60
+    for source in (tmp_path / "phone.jpg", (tmp_path / "phone.jpg").read_bytes()):  # a path, and raw bytes
+        image = read_image(source, 32).float()
+        top, bottom = image[:, :12].mean(dim=(1, 2)), image[:, 20:].mean(dim=(1, 2))
+        assert top[0] > 200 and top[2] < 60  # displayed: red on top
+        assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_non_ascii_name(tmp_path):

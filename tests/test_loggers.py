@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 from lightning_modules.cli.compare import load_run
 from lightning_modules.cli.fit import fit_main

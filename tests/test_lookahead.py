@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_image_folder
+from helpers import make_image_folder
 from torch import nn
 
 from lightning_modules.callbacks import Lookahead

@@ -97,7 +97,7 @@ def test_every_net_is_allowlisted_and_describable():
 
 @pytest.mark.slow
 def test_airbench_trains_through_fit_with_whitening(tmp_path):
-    from conftest import make_image_folder, run_script
+    from helpers import make_image_folder, run_script
 
     make_image_folder(tmp_path / "data", {"train": 8})
     result = run_script(

@@ -3,16 +3,13 @@ what the fit-time test scored, with the checkpoint's test-time augmentation."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import torch
-from conftest import make_image_folder
 from PIL import Image
 
 from datamodules import sources
-from datamodules.image_reader import read_image
 from lightning_modules.cli.predict import predict_main
 from lightning_modules.inference.checkpoints import load_classifier
 from lightning_modules.inference.predictor import read_rows
@@ -51,30 +48,6 @@ def test_training_and_predict_read_awkward_files_bit_identically(tmp_path):
         assert torch.equal(trained, served), f"{name}: training and predict see different pixels"
     # Transparency is composited on white everywhere (the left half of a_rgba.png).
     assert data.train.images[0][:, :, :14].min() == 255
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    tall = np.zeros((40, 20, 3), dtype=np.uint8)
-    tall[:20] = 255  # white top half
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buffer = io.BytesIO()
-    Image.fromarray(tall).save(buffer, format="JPEG", exif=exif.tobytes())
-    image = read_image(buffer.getvalue(), 32)
-    # Rotated 90 degrees clockwise for display: the white half is now on the right.
-    assert image[:, :, 24:].float().mean() > 200 and image[:, :, :8].float().mean() < 50
-
-
-def test_an_old_cache_format_is_rebuilt_not_misread(tmp_path, monkeypatch):
-    root = make_image_folder(tmp_path / "data", {"train": 2})
-    messages: list[str] = []
-    monkeypatch.setattr(sources, "CACHE_FORMAT", sources.CACHE_FORMAT - 1)
-    sources.load(root, cache_dir=tmp_path / "cache", log=messages.append)
-    monkeypatch.undo()
-    messages.clear()
-    sources.load(root, cache_dir=tmp_path / "cache", log=messages.append)
-    assert any(m.startswith("Decoding") for m in messages), "a cache of the old format was trusted"
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # the stale one is removed
 
 
 def test_predict_scores_exactly_what_the_fit_test_scored(tta_run, capsys):

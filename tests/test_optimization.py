@@ -116,7 +116,7 @@ def test_channels_last_keeps_the_logits():
 
 @pytest.mark.slow
 def test_ema_of_the_weights_through_the_cli(tmp_path):
-    from conftest import make_image_folder, run_script
+    from helpers import make_image_folder, run_script
 
     make_image_folder(tmp_path / "data", {"train": 10})
     result = run_script(
@@ -135,7 +135,7 @@ def test_ema_of_the_weights_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_network_trains_and_saves_plain_keys(tmp_path):
-    from conftest import make_image_folder, run_script
+    from helpers import make_image_folder, run_script
 
     make_image_folder(tmp_path / "data", {"train": 6, "test": 2})
     result = run_script(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import SHARED_CIFAR, run_script
+from helpers import SHARED_CIFAR, run_script
 
 PER_CLASS = 1000
 

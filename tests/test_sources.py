@@ -9,7 +9,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_image_folder, make_official_batches
+from helpers import CLASSES, make_image_folder, make_official_batches
 from PIL import Image
 
 from datamodules import augment, sources
@@ -97,6 +97,18 @@ def test_cache_is_invalidated_when_files_change(tmp_path, cache_dir, change):
     assert len(list(cache_dir.glob("*.pt"))) == 1  # the stale cache file is removed
 
 
+def test_an_old_cache_format_is_rebuilt_not_misread(tmp_path, cache_dir, monkeypatch):
+    root = make_image_folder(tmp_path / "data", {"train": 2})
+    messages: list[str] = []
+    monkeypatch.setattr(sources, "CACHE_FORMAT", sources.CACHE_FORMAT - 1)
+    sources.load(root, cache_dir=cache_dir, log=messages.append)
+    monkeypatch.undo()
+    messages.clear()
+    sources.load(root, cache_dir=cache_dir, log=messages.append)
+    assert any(m.startswith("Decoding") for m in messages), "a cache of the old format was trusted"
+    assert len(list(cache_dir.glob("*.pt"))) == 1  # the stale one is removed
+
+
 def test_damaged_cache_is_rebuilt(tmp_path, cache_dir):
     root = make_image_folder(tmp_path / "d", {"train": 2})
     good = sources.load(root, cache_dir=cache_dir, log=lambda m: None)
@@ -106,6 +118,14 @@ def test_damaged_cache_is_rebuilt(tmp_path, cache_dir):
     again = sources.load(root, cache_dir=cache_dir, log=messages.append)
     assert torch.equal(good.train.images, again.train.images)
     assert any("rebuilding" in m for m in messages)
+    # Altered but still a valid torch file: the content hash catches it, never a silent wrong answer.
+    blob = torch.load(cache_file, weights_only=True)
+    blob["train_labels"].zero_()
+    torch.save(blob, cache_file)
+    messages.clear()
+    again = sources.load(root, cache_dir=cache_dir, log=messages.append)
+    assert any("content hash" in m for m in messages)
+    assert sorted(again.train.labels.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
 def test_split_indices_are_seeded_and_disjoint():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 
 from datamodules import CIFAR10DataModule
 from lightning_modules.classifier import ImageClassifier
