@@ -1,13 +1,15 @@
-"""scripts/benchmark.py: the tutorial-style baseline sees the same pixels, and a tiny run writes its figures."""
+"""scripts/bench/train_speed.py and scripts/bench/common.py: the tutorial-style baseline sees the same
+pixels, a tiny run of each part writes its figures; the shared options, seed runner and server helper."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_image_folder, run_script
+from helpers import REPO, make_image_folder, run_script
 
 
 def load_benchmark():
@@ -30,56 +32,66 @@ def test_tutorial_style_dataset_is_totensor_of_the_same_images():
 @pytest.mark.slow
 def test_benchmark_runs_and_writes_json(tmp_path):
     make_image_folder(tmp_path / "data", {"train": 60})
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  max_epochs: 2\n  enable_model_summary: false\ndata:\n  batch_size: 16\n")
     result = run_script(
-        "bench/train_speed.py", "--data_dir", "data", "--only", "throughput,overhead", "--steps", "2", "--warmup", "1",
-        "--repeats", "1", "--val_size", "20", "--json", "out.json", cwd=tmp_path,
+        "bench/train_speed.py", "--images_dir", "data", "--only", "throughput,time_to_accuracy", "--steps", "2",
+        "--warmup", "1", "--repeats", "1", "--val_size", "20", "--target", "0", "--json", "out.json",
+        "--recipe", f"{REPO / 'configs' / 'tutorial.yaml'},{short}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "out.json").read_text())
     assert set(figures["throughput"]) == {"tutorial_loop", "fit_path", "fit_path_channels_last", "network_alone"}
     assert "(ceiling: no data path)" in result.stdout
     assert figures["throughput"]["tutorial_loop"]["vs_tutorial"] == 1.0
-    assert figures["overhead"]["time_ratio_fit_vs_plain"] > 0
-    assert "overhead: fit path / plain loop" in result.stdout
-    bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "speed", cwd=tmp_path)
-    assert bad.returncode == 2 and "choose from throughput, overhead, time_to_accuracy, seeds" in bad.stderr
-    bad = run_script("bench/train_speed.py", "--data_dir", "data", "--only", "overhead", cwd=tmp_path)  # val_size 5000
+    reached = figures["time_to_accuracy"]  # read from what fit() returned, not from its printed lines
+    assert [row["epoch"] for row in reached["history"]] == [0, 1]
+    assert 0 < reached["history"][0]["s"] == reached["seconds_to_target"] < reached["history"][1]["s"]
+    assert (
+        reached["history"][1]["s"] <= reached["total_s"]
+        and reached["final_val_acc"] == reached["history"][1]["val_acc"]
+    )
+    assert "time to 0%: tutorial.yaml + short.yaml" in result.stdout
+    bad = run_script("bench/train_speed.py", "--images_dir", "data", "--only", "speed", cwd=tmp_path)
+    assert bad.returncode == 2 and "choose from throughput, time_to_accuracy, seeds" in bad.stderr
+    bad = run_script("bench/train_speed.py", "--images_dir", "data", "--only", "overhead", cwd=tmp_path)
+    assert bad.returncode == 2 and "scripts/bench/overhead.py" in bad.stderr  # the part moved there
+    bad = run_script("bench/train_speed.py", "--images_dir", "data", "--only", "throughput", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: val_size must be")
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_overhead_parts_run_a_fast_recipe(tmp_path, monkeypatch, precision):
-    # The GPU comparison (fast.yaml against a plain loop of it) in miniature: fast_cpu.yaml's
-    # augmentation (alternating flip, progressive sizes) and, on request, mixed precision.
+def test_images_dir_defaults_to_data_dir_and_says_so_when_missing(monkeypatch, capsys):
     benchmark = load_benchmark()
-    make_image_folder(tmp_path / "data", {"train": 10})
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr("sys.argv", ["benchmark.py"])
-    recipe = str(REPO / "configs" / "fast_cpu.yaml")
-    extra = ["--data.val_size", "6", "--data.batch_size", "8", "--trainer.precision", precision]
-    for run in (benchmark.plain_loop_same_path, benchmark.fit_path):
-        assert run("data", extra, tmp_path, 1, 2, "cpu", recipe) > 0
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.parse_args(["--only", "throughput"])
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # one line, naming both ways
+    assert line.endswith(": error: no images: give --images_dir DIR or set DATA_DIR")
+    assert benchmark.parse_args(["--data_dir", "old"]).images_dir == "old"  # the old name still works
+    monkeypatch.setenv("DATA_DIR", "from_env")
+    assert benchmark.parse_args([]).images_dir == "from_env"
+    assert benchmark.parse_args(["--images_dir", "given"]).images_dir == "given"
 
 
 @pytest.mark.slow
-def test_seeds_part_runs_the_user_path_per_seed_and_predict_agrees(tmp_path):
+def test_seeds_part_runs_the_sweep_seed_runner_and_predict_agrees(tmp_path):
     make_image_folder(tmp_path / "data", {"train": 12, "test": 4})
     short = tmp_path / "short.yaml"
     short.write_text("trainer:\n  max_epochs: 1\n  enable_model_summary: false\ndata:\n  batch_size: 8\n")
     result = run_script(
-        "bench/train_speed.py", "--data_dir", "data", "--only", "seeds", "--seeds", "2", "--steps", "2",
+        "bench/train_speed.py", "--images_dir", "data", "--only", "seeds", "--seeds", "2", "--steps", "2",
         "--val_size", "6", "--recipe", f"{REPO / 'configs' / 'tutorial.yaml'},{short}",
-        "--predict_dir", str(tmp_path / "data" / "test"), "--json", "out.json", cwd=tmp_path,
+        "--predict_dir", str(tmp_path / "data" / "test"), "--runs_dir", "runs", "--json", "out.json", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "out.json").read_text())["seeds"]
     assert [r["seed"] for r in figures["runs"]] == [0, 1]
     for run in figures["runs"]:
-        assert run["predict_acc"] == pytest.approx(run["test_acc"])  # the user's path scores what the fit tested
+        assert run["predict_acc"] == pytest.approx(run["test_acc"])  # predict scores what the fit tested
         assert run["te"] > 0 and run["wall_s"] > 0
+        assert (tmp_path / "runs").resolve() in Path(run["run_dir"]).parents  # sweep's trial folders, kept
     assert "val/acc (%)" in result.stdout and " ± " in result.stdout and "TE" in result.stdout
 
 
@@ -107,7 +119,20 @@ def test_test_pass_folder_holds_the_validation_images_twice(tmp_path):
 
 
 def test_kept_runs_never_mix_with_an_earlier_run(tmp_path):
-    benchmark = load_benchmark()
-    (tmp_path / "runs" / "seed_1" / "fast_cpu").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="holds an earlier run; give --runs_dir an empty or new folder"):
-        benchmark.seed_runs("data", ["r.yaml"], 2, [], tmp_path / "tmp", None, runs_dir=str(tmp_path / "runs"))
+    load_benchmark()  # puts the repository on sys.path, as every bench script does
+    from scripts.bench.common import seed_runs
+
+    (tmp_path / "runs" / "trials" / "trial_000").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds an earlier run; give an empty or new folder"):
+        seed_runs("data", ["r.yaml"], 2, [], tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_a_server_that_exits_is_reported_with_its_log(tmp_path):
+    load_benchmark()
+    from scripts.bench.common import ServerError, serving
+
+    log = tmp_path / "server.log"
+    with pytest.raises(ServerError, match=r"did not start \(exited with 2\): .*no_such\.ckpt"):
+        with serving(tmp_path / "no_such.ckpt", "--trainer.accelerator", "cpu", log=log, timeout_s=60):
+            pass

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-from conftest import make_image_folder, noisy_folder
-from helpers import exit_status
+from helpers import exit_status, make_image_folder, noisy_folder
 
 from datamodules.sources import CIFAR10_CLASSES
 from lightning_modules.cli.evaluate import evaluate_main
+from lightning_modules.cli.fit import fit_main
 from lightning_modules.cli.predict import predict_main
 from lightning_modules.nets import Tudui
 
@@ -47,7 +48,25 @@ def test_evaluate_val_split_is_the_one_fit_validated_on(tta_run, tmp_path):
     # No --data.val_size: the hold-out comes from the checkpoint (the run used 30 of 120, not 5,000).
     assert _evaluate(work, "--ckpt_path", str(last), "--split", "val", "--output_dir", str(out)) == 0
     evaluated = json.loads((out / "report.json").read_text())
-    assert evaluated["test"]["test/acc"] == report["epochs"][-1]["val/acc"]
+    # Named by the split scored, and equal to what fit.py validated.
+    assert evaluated["split"] == "val" and "test/acc" not in evaluated["test"]
+    assert evaluated["test"]["val/acc"] == report["epochs"][-1]["val/acc"]
+    assert evaluated["test"]["val/loss"] == pytest.approx(report["epochs"][-1]["val/loss"], rel=1e-5)
+
+
+def test_evaluate_computes_the_loss_as_training_defined_it(tmp_path, monkeypatch):
+    # With label smoothing the loss fit.py validated is not plain cross-entropy; evaluate must match it.
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 8})
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    args = ["--data.data_dir", "data", "--data.val_size", "9", "--model.label_smoothing", "0.3", "--test", "false"]
+    assert fit_main([*args, "--trainer.max_epochs", "1", *quiet]) == 0
+    run_dir = tmp_path / "runs" / "tutorial" / "version_0"
+    fit_loss = json.loads((run_dir / "report.json").read_text())["epochs"][-1]["val/loss"]
+    out = tmp_path / "eval"
+    assert _evaluate(tmp_path, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--split", "val",
+                     "--data.data_dir", "data", "--output_dir", str(out)) == 0  # fmt: skip
+    assert json.loads((out / "report.json").read_text())["test"]["val/loss"] == pytest.approx(fit_loss, rel=1e-5)
 
 
 def test_evaluate_a_tutorial_state_dict_with_a_tta_override(tmp_path):
@@ -69,10 +88,10 @@ def test_evaluate_refuses_mismatches_in_one_line(tta_run, tmp_path, capsys):
     noisy_folder(other / "data", {"train": 3})
     (other / "data" / "train" / "cat").rename(other / "data" / "train" / "lion")
     cases = [
-        (work, ["--ckpt_path", best, "--split", "holdout"], "use one of train, val, test"),
+        (work, ["--ckpt_path", best, "--split", "holdout"], "(choose from 'train', 'val', 'test')"),
         (other, ["--ckpt_path", best], "has the classes"),
         (work, ["--ckpt_path", str(tmp_path / "none.ckpt")], "no checkpoint at"),
-        (work, ["--ckpt_path", best, "--tta", "rotate"], "use one of none, mirror, mirror_translate"),
+        (work, ["--ckpt_path", best, "--tta", "rotate"], "(choose from 'none', 'mirror', 'mirror_translate')"),
         (work, ["--ckpt_path", best, "--data.val_size", "many"], "data.val_size"),
     ]
     capsys.readouterr()

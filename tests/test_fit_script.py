@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_image_folder, run_script
+from helpers import REPO, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY = [
@@ -205,3 +205,20 @@ def test_a_users_own_malloc_settings_are_left_alone(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
     assert reuse_freed_memory() is False
+
+
+@pytest.mark.parametrize(
+    "native, extra, expected",
+    [(False, [], "32-true"), (False, ["--bf16_fallback", "false"], "bf16-mixed"), (True, [], "bf16-mixed")],
+)
+def test_a_bf16_recipe_picks_32_bit_on_a_cpu_without_bfloat16(tmp_path, monkeypatch, native, extra, expected):
+    from helpers import make_image_folder
+
+    import lightning_modules.cli.fit as fit_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fit_module, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    args = ["--data.data_dir", "data", "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed", *extra]
+    cli = fit_module.ClassifierCLI(args=[*args, "--trainer.logger", "false"])
+    assert str(cli.trainer.precision) == expected

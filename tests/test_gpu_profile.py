@@ -8,7 +8,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 from torch.autograd import DeviceType
 
 TINY = (
@@ -33,7 +33,7 @@ def data(tmp_path, monkeypatch):
 
 def test_profile_of_a_cpu_run_names_real_ops(data, tmp_path, capsys):
     files = {"json": tmp_path / "profile.json", "trace": tmp_path / "trace.json.gz"}
-    argv = ["--data_dir", str(data), "--wait", "1", "--steps", "2", "--top", "8", "--extra", TINY,
+    argv = ["--images_dir", str(data), "--wait", "1", "--steps", "2", "--top", "8", "--extra", TINY,
             "--work_dir", str(tmp_path / "runs"), "--json", str(files["json"]),
             "--trace", str(files["trace"])]  # fmt: skip
     assert load_profile().main(argv) == 0
@@ -53,7 +53,7 @@ def test_profile_of_a_cpu_run_names_real_ops(data, tmp_path, capsys):
 
 
 def test_a_run_too_short_for_the_profile_says_how_to_fix_it(data, tmp_path, capsys):
-    argv = ["--data_dir", str(data), "--wait", "20", "--steps", "2", "--extra", TINY, "--work_dir",
+    argv = ["--images_dir", str(data), "--wait", "20", "--steps", "2", "--extra", TINY, "--work_dir",
             str(tmp_path / "runs"), "--json", str(tmp_path / "p.json"), "--trace", str(tmp_path / "t.gz")]  # fmt: skip
     assert load_profile().main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

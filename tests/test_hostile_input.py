@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, png_with_header_only, save_checkpoint
-from helpers import exit_status
+from helpers import exit_status, make_image_folder, png_with_header_only, save_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -108,19 +107,6 @@ def test_validation_and_test_are_stored_shuffled_so_any_prefix_is_fair(tmp_path)
     _, val = sources.split_indices(len(data.train), 12, seed=0)
     assert len(set(data.train.labels[val].tolist())) > 1
     assert sorted(data.test.labels.tolist()) == [0] * 20 + [1] * 20 + [2] * 20
-
-
-def test_a_cache_altered_on_disk_is_rebuilt(tmp_path):
-    root = make_image_folder(tmp_path / "data", {"train": 2})
-    sources.load(root, cache_dir=tmp_path / "c", log=quiet)
-    (cache,) = (tmp_path / "c").glob("*.pt")
-    blob = torch.load(cache, weights_only=True)
-    blob["train_labels"].zero_()  # the zip stays valid; the content does not
-    torch.save(blob, cache)
-    messages: list[str] = []
-    data = sources.load(root, cache_dir=tmp_path / "c", log=messages.append)
-    assert any("content hash" in m for m in messages)
-    assert sorted(data.train.labels.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
 def test_an_unwritable_cache_decodes_once_and_says_so_once(tmp_path):
@@ -296,3 +282,39 @@ def test_resuming_with_another_network_or_a_tutorial_file_is_one_line(tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
     assert sorted(tmp_path.rglob("*.ckpt")) == written  # nothing new written
+
+
+def test_resuming_on_data_whose_class_names_differ_is_refused(tmp_path, monkeypatch, capsys):
+    # Same number of classes, other names: the network would resume and silently call a frog a ship.
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    make_image_folder(tmp_path / "other", {"train": 4}, classes=("cat", "dog", "frog"))
+    base = ["--data.val_size", "3", "--trainer.max_epochs", "1", "--test", "false", *QUIET]
+    assert fit_main([*base, "--data.data_dir", "data"]) == 0
+    capsys.readouterr()
+    status = exit_status(
+        fit_main, [*base, "--data.data_dir", "other", "--trainer.max_epochs", "2", "--ckpt_path", "last"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1].startswith("error: ") and "2: ship -> frog" in err[-1]
+
+
+def test_a_needle_shaped_image_is_refused_before_the_slow_resize():
+    # 1 x 12,000,000 pixels took 25 s to resize on 2 cores; anything past 64:1 is refused at once.
+    import io
+    import time
+
+    from PIL import Image
+
+    from datamodules.image_reader import MAX_ASPECT, ImageFileError, read_image
+
+    def png(width, height):
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    start = time.perf_counter()
+    with pytest.raises(ImageFileError, match="64:1 aspect-ratio limit"):
+        read_image(png(1, 200_000), 32)
+    assert time.perf_counter() - start < 2
+    assert read_image(png(MAX_ASPECT, 1), 32).shape == (3, 32, 32)  # at the limit: read

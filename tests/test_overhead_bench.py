@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 
 sys.path.insert(0, str(REPO / "scripts" / "bench"))
 import overhead  # noqa: E402
@@ -19,7 +19,7 @@ def images(tmp_path):
 
 def test_step_part_times_each_step_of_both_loops(images, tmp_path):
     out = tmp_path / "figures.json"
-    overhead.main(["--data_dir", str(images), "--only", "step", "--steps", "6", "--warmup", "2", "--repeats", "2",
+    overhead.main(["--images_dir", str(images), "--only", "step", "--steps", "6", "--warmup", "2", "--repeats", "2",
                    "--batch_size", "16", "--val_size", "20", "--json", str(out)])  # fmt: skip
     step = json.loads(out.read_text())["step"]
     assert [run["steps_timed"] for run in step["runs_ms"]] == [[6, 6], [6, 6]]
@@ -31,7 +31,7 @@ def test_step_part_times_each_step_of_both_loops(images, tmp_path):
 @pytest.mark.slow
 def test_startup_part_splits_each_run_into_launch_steps_and_exit(images, tmp_path):
     out = tmp_path / "figures.json"
-    overhead.main(["--data_dir", str(images), "--only", "startup", "--startup_steps", "1", "--repeats", "1",
+    overhead.main(["--images_dir", str(images), "--only", "startup", "--startup_steps", "1", "--repeats", "1",
                    "--val_size", "20", "--json", str(out)])  # fmt: skip
     startup = json.loads(out.read_text())["startup"]
     for side in ("plain", "fit"):

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import class_image, png_with_header_only, run_script
+from helpers import class_image, png_with_header_only, run_script
 from PIL import Image
 
 from lightning_modules.cli.predict import predict_main
@@ -82,7 +82,7 @@ def test_printed_rows_follow_input_order(checkpoint, tmp_path, capsys):
         (["--ckpt_path", "nope.ckpt", "x.png"], "no checkpoint at nope.ckpt"),
         (["--ckpt_path", "{ckpt}"], "no inputs"),
         (["--ckpt_path", "{ckpt}", "x.png", "--output", "preds.txt"], "must end in .json or .csv"),
-        (["--ckpt_path", "{ckpt}", "x.png", "--top_k", "0"], "must be positive"),
+        (["--ckpt_path", "{ckpt}", "x.png", "--top_k", "0"], "not a positive integer"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(checkpoint, capsys, argv, message):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_image_folder, run_script
+from helpers import REPO, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_modules.cli.fit import fit_main
@@ -60,7 +60,7 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # A line per epoch; the unvalidated epoch shows no validation figures rather than stale ones.
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
-    assert [line.split(" step")[0] for line in lines] == ["epoch 0/2", "epoch 1/2"]
+    assert [line.split(" step")[0] for line in lines] == ["epoch 0/1", "epoch 1/1"]  # 0-based, as the bar
     assert "val/acc" not in lines[0] and "val/acc" in lines[1]
     run_dir = tmp_path / "runs" / "fast_cpu" / "version_0"
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

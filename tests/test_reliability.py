@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_image_folder, run_script
-from helpers import exit_status
+from helpers import REPO, exit_status, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules import atomic_files
@@ -88,7 +87,7 @@ def tiny(tmp_path, monkeypatch):
     [
         (["--data.batch_sise", "3"], "unrecognized arguments: --data.batch_sise"),
         (["--data.batch_size", "abc"], 'Parser key "data.batch_size"'),
-        (["--data.batch_size", "0"], "--data.batch_size must be a positive integer"),
+        (["--data.batch_size", "0"], "--data.batch_size must be a whole number from 1 to"),
         (["--data.val_size", "500"], "val_size must be between 1 and 17"),
         (["--model.net", "ResNet999"], "(networks: AirbenchNet, ResNet18, Tudui"),
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
@@ -142,6 +141,23 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny):
     assert [p.name.split("-")[0] for p in folder.glob("epoch=*.ckpt")] == ["epoch=00"]
     last = torch.load(folder / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)  # 12 images in batches of 6: 2 steps per epoch
+
+
+@pytest.mark.parametrize("mode, best_epoch", [("min", 0), ("max", 2)])
+def test_best_ckpt_is_always_the_best_epochs_checkpoint(tiny, mode, best_epoch):
+    # "epoch" monitored: with min the best stays epoch 0, with max it moves every epoch. README's
+    # predict, evaluate and export examples name best.ckpt, so it must exist and follow the best.
+    from lightning_modules.cli.predict import predict_main
+
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--test", "false"]
+    fit_main([*args, "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch", "--checkpoint.mode", mode, *QUIET])
+    folder = tiny / "runs" / "tutorial" / "version_0" / "checkpoints"
+    (best_file,) = folder.glob("epoch=*.ckpt")
+    assert best_file.name.startswith(f"epoch={best_epoch:02d}")
+    assert (folder / "best.ckpt").read_bytes() == best_file.read_bytes()
+    assert torch.load(folder / "best.ckpt", weights_only=True)["epoch"] == best_epoch
+    assert not list(folder.glob(".*.tmp"))
+    assert predict_main(["--ckpt_path", str(folder / "best.ckpt"), str(tiny / "data" / "train" / "cat")]) == 0
 
 
 def test_last_checkpoint_follows_epochs_without_validation(tiny):

@@ -14,37 +14,29 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, class_image, free_port, save_checkpoint
+from helpers import REPO, class_image, save_checkpoint
 from PIL import Image
 
 from lightning_modules.cli.predict import predict_main
+
+sys.path.insert(0, str(REPO))
+import scripts.bench.common as bench  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 20_000
 
 
 def start_server(work, ckpt, *extra: str) -> tuple[subprocess.Popen, str]:
-    """scripts/serve.py on a free loopback port, in a session of its own; returns once /health says ok."""
-    port = free_port()
-    cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--ckpt_path", str(ckpt), "--port", str(port),
-           "--trainer.accelerator", "cpu", *extra]  # fmt: skip
-    with open(work / f"server-{port}.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # so that the whole process group can be checked and stopped
+    """scripts/serve.py on a free loopback port, in a session of its own; returns once /health says ok
+    (the benchmarks' start-and-wait, scripts/bench/common.py)."""
+    try:
+        server = bench.start_server(
+            ckpt, "--trainer.accelerator", "cpu", *extra, cwd=work, log=work / "server.log",
+            timeout_s=90, own_group=True,  # so that the whole process group can be checked and stopped
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).text == "ok":
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            group_alive(proc, kill=True)
-            pytest.fail(f"server did not start: {(work / f'server-{port}.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    except bench.ServerError as err:
+        pytest.fail(str(err))
+    return server.process, server.url
 
 
 def group_alive(proc: subprocess.Popen, kill: bool = False) -> bool:
@@ -188,3 +180,23 @@ def test_sigterm_stops_every_server_process(tmp_path):
         time.sleep(0.5)
     left = group_alive(proc, kill=True)
     assert not left, "SIGTERM left LitServe processes running"
+
+
+def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_body(server):
+    # The client says 99 MB and sends 5 bytes: answered 413 from the header, not after a timeout.
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url, _, _ = server
+    address = urlparse(url)
+    start = time.perf_counter()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 99000000\r\n\r\nshort"
+        )
+        reply = conn.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 413") and "over the" in reply
+    assert time.perf_counter() - start < 5
+    assert requests.get(f"{url}/health", timeout=5).text == "ok"

@@ -159,7 +159,7 @@ def test_missing_data_dir(tmp_path):
 def test_folder_with_something_else_is_not_downloaded_into(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("hi")
-    with pytest.raises(DataError, match="neither cifar-10-batches-py/ nor train/"):
+    with pytest.raises(DataError, match="neither cifar-10-python.tar.gz, cifar-10-batches-py/ nor train/"):
         sources.detect_layout(tmp_path / "d", download=True)
 
 
@@ -210,7 +210,7 @@ def test_download_failure_offline_names_both_ways_out(tmp_path, monkeypatch):
         sources.load(tmp_path / "empty", download=True)
     message = one_line(err)
     assert "could not download" in message
-    assert "cifar-10-batches-py" in message and "--data.data_dir" in message
+    assert "cifar-10-python.tar.gz" in message and "--data.data_dir" in message
 
 
 def test_corrupted_official_batch_is_refused(tmp_path):

@@ -7,10 +7,10 @@ import json
 import optuna
 import pytest
 import yaml
-from conftest import make_image_folder
-from helpers import exit_status
+from helpers import exit_status, make_image_folder
 
-from lightning_modules.cli.sweep import mean_sd, sweep_main
+from lightning_modules.cli.sweep import sweep_main
+from lightning_modules.reporting.tables import mean_sd
 
 TINY = [
     "--data.data_dir", "data", "--data.cache_dir", "cache", "--data.val_size", "6", "--data.batch_size", "6",
@@ -95,11 +95,15 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_goes_on(work, capsys)
             "no_such_option is not an option",
         ),
         ("data.batch_size: {type: categorical, choices: [many]}", ["--n_trials", "1"], "refused the first value"),
-        ("model.label_smoothing: {type: float, low: 1, high: 0}", [], "needs low <= high"),
+        ("model.label_smoothing: {type: float, low: 1, high: 0}", [], "`low <= high` must hold"),
         ("model.label_smoothing: {type: normal}", [], "give a type, one of float, int, categorical"),
         ("model.label_smoothing: [0.1, 0.2]", [], "give a type"),
         ("model.label_smoothing: {type: float, low: 0, high: 0.2}", ["--sampler", "grid"], "needs choices"),
-        ("model.label_smoothing: {type: float, low: 0, high: 0.2}", ["--timeout", "-1"], "--timeout must be"),
+        (
+            "model.label_smoothing: {type: float, low: 0, high: 0.2}",
+            ["--timeout", "-1"],
+            "--timeout: -1 is not a positive number",
+        ),
         ("model.label_smoothing: {type: float, low: 0, high: 0.2}", [], "say how long to search"),
         ("[unclosed", ["--n_trials", "1"], "not readable YAML"),
     ],

@@ -8,10 +8,10 @@ import traceback
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 from torch.overrides import TorchFunctionMode
 
-from lightning_modules.cli.fit import fit_main
+from lightning_modules.cli.fit import fit
 
 # Tensor methods and functions that copy a value to the host or size an output by the data.
 READ_BACKS = {
@@ -101,6 +101,6 @@ def test_training_steps_never_wait_for_the_device(recipe, images, tmp_path):
         "--trainer.precision", "32-true", "--test", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
     ]  # fmt: skip
-    assert fit_main(args, callbacks=[watch]) == 0
+    fit(args, callbacks=[watch])
     assert watch.steps_watched >= 4  # 80 training images in steps of 16, two epochs: 4 steps after each first
     assert watch.counter.calls == [], "\n".join(watch.counter.calls[:6])

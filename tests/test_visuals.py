@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_image_folder, run_script
+from helpers import free_port, make_image_folder, run_script
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -53,7 +53,7 @@ def test_per_class_bars_and_misclassified_grid():
 def test_progress_bar_follows_the_terminal(monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert progress.progress_bar_class_path().endswith("RichProgressBar")
+    assert progress.progress_bar_class_path().endswith("LiveBar")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     assert progress.progress_bar_class_path().endswith("LineProgress")
 
