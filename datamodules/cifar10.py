@@ -79,8 +79,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         for name, value, most in (("batch_size", batch_size, 2**20), ("image_size", image_size, 1024)):
             if not 1 <= value <= most:
                 raise DataError(f"--data.{name} must be a whole number from 1 to {most:,}; got {value}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise DataError(f"--data.eval_batch_size must be a positive integer; got {eval_batch_size}")
+        if eval_batch_size is not None and not 1 <= eval_batch_size <= 2**20:
+            raise DataError(f"--data.eval_batch_size must be a whole number from 1 to {2**20:,}; got {eval_batch_size}")
         if crop_padding < 0 or num_workers < 0:
             raise DataError("--data.crop_padding and --data.num_workers must be >= 0")
         if crop_padding > image_size:  # the padded batch would be (image_size + 2 * padding)^2 per image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -178,3 +179,26 @@ def test_checkpoints_from_before_the_move_still_predict_export_and_resume(tta_ru
     (last,) = resumed_dir.glob("*/version_0/checkpoints/last.ckpt")
     before, after = torch.load(old, weights_only=True), torch.load(last, weights_only=True)
     assert after["epoch"] == before["epoch"] + 1 and after["global_step"] > before["global_step"]
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c: c["hyper_parameters"].update(class_names=["cat", "cat", "ship"]), "duplicates (['cat'])"),
+        (lambda c: c["hyper_parameters"].update(class_names=["cat", "", "ship"]), "non-empty text"),
+        (lambda c: c["hyper_parameters"].update(class_names=["cat", "dog\nship", "x"]), "line breaks"),
+        (lambda c: c["hyper_parameters"].update(class_names=["cat", 7, "ship"]), "non-empty text"),
+        (lambda c: c.update(hyper_parameters=[1, 2]), "must be mappings"),
+    ],
+)
+def test_class_names_and_hyper_parameters_of_odd_shape_are_refused(tmp_path, change, says):
+    from helpers import save_checkpoint
+
+    from lightning_modules.inference.checkpoints import CheckpointError, load_classifier
+
+    path = save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        load_classifier(path)

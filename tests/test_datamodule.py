@@ -65,7 +65,7 @@ def test_val_size_too_large(tmp_path, cache_dir):
 @pytest.mark.parametrize("option", ["batch_size", "image_size", "eval_batch_size"])
 def test_non_positive_sizes_are_refused(tmp_path, option):
     root = make_image_folder(tmp_path / "d", {"train": 1})
-    with pytest.raises(DataError, match=f"--data.{option} must be a positive integer"):
+    with pytest.raises(DataError, match=f"--data.{option} must be a whole number from 1 to"):
         CIFAR10DataModule(data_dir=str(root), **{option: 0})
 
 

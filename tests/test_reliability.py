@@ -403,3 +403,14 @@ def test_a_run_saved_under_the_old_module_paths_resumes(tmp_path, monkeypatch):
     resumed = torch.load(last, weights_only=True)
     assert resumed["epoch"] == 1
     assert len((run / "metrics.csv").read_text().splitlines()) >= 3  # header, epoch 0 kept, epoch 1
+
+
+def test_resuming_a_finished_run_under_a_new_name_ends_cleanly(tiny, capsys):
+    # Nothing is left to train: Lightning restores the best path but no score; the summary must cope.
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--test", "false", *QUIET]
+    assert fit_main([*args, "--trainer.max_epochs", "1"]) == 0
+    last = tiny / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    resumed = [*args, "--trainer.max_epochs", "1", "--ckpt_path", str(last), "--trainer.logger.init_args.name", "b"]
+    assert fit_main(resumed) == 0
+    assert "Best checkpoint: " in capsys.readouterr().out

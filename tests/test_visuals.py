@@ -187,3 +187,12 @@ def test_tensorboard_in_headless_chromium(run, tmp_path):
     finally:
         board.terminate()
         board.wait(timeout=20)
+
+
+def test_hparams_yaml_says_how_the_run_was_configured(run):
+    # Lightning writes it once, empty, before anything is logged; the run's own hyper-parameters belong there.
+    import yaml
+
+    _, run_dir, _ = run
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert hparams["class_names"] == list(NAMES) and hparams["net"]["class_path"].endswith("Tudui")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -144,6 +145,12 @@ class TensorBoardFigures(L.Callback):
         if "test/acc" in trainer.callback_metrics:
             final["hp/test_acc"] = float(trainer.callback_metrics["test/acc"])
         logger.log_hyperparams(pl_module.hparams, final)
+        # The logger writes hparams.yaml once, before anything is logged ({}), and never again: write
+        # what it holds now, so the file says how the run was configured.
+        from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+        if logger.log_dir and Path(logger.log_dir).is_dir():
+            save_hparams_to_yaml(Path(logger.log_dir) / "hparams.yaml", dict(logger.hparams))
         if not self.graph_drawn:
             self.graph_drawn = True
             with warnings.catch_warnings():

@@ -27,7 +27,14 @@ import torch
 
 from datamodules.atomic_files import fsync_dir, make_readable
 from datamodules.image_reader import ImageFileError, expand_inputs, read_image
-from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, add_model_options, one_line_errors
+from lightning_modules.cli.frame import (
+    OneLineArgumentParser,
+    UsageError,
+    add_model_options,
+    interrupt_on_signals,
+    interrupts_held,
+    one_line_errors,
+)
 from lightning_modules.cli.outputs import check_output
 from lightning_modules.inference.export import FORMATS, export_onnx, export_torchscript, parity
 
@@ -105,10 +112,14 @@ def export(
     images, described = check_images(image_paths, model.image_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(output.parent, model)
+    if fmt == "onnx":
+        with interrupts_held():  # onnx's native module crashes the process if Ctrl-C stops its import
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
     tmp = Path(tmp_name)
-    try:
+    try:  # Ctrl-C or SIGTERM (KeyboardInterrupt, see export_main) too: no temporary file is left
+        os.close(fd)
         (export_onnx if fmt == "onnx" else export_torchscript)(model, images[:2], tmp)
         diff, limit, mismatches = parity(model, tmp, fmt, images)
         if diff <= limit and mismatches == 0:
@@ -122,7 +133,8 @@ def export(
         Path(f"{tmp}.data").unlink(missing_ok=True)
 
 
-@one_line_errors
+@one_line_errors(interrupted="nothing was written")
+@interrupt_on_signals()  # SIGTERM as Ctrl-C: export's finally removes the temporary files
 def export_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
     add_model_options(parser)  # the export runs on the CPU: --trainer.accelerator is accepted and not used

@@ -251,8 +251,9 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
             )
     log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
     if trainer.is_global_zero:
-        if best:
-            print(f"Best checkpoint: {best} (val/acc {float(trainer.checkpoint_callback.best_model_score):.4f})")
+        score = trainer.checkpoint_callback.best_model_score if best else None
+        if best:  # a resumed run that had nothing left to train may know no score
+            print(f"Best checkpoint: {best}" + (f" (val/acc {float(score):.4f})" if score is not None else ""))
         if log_dir:  # none under --trainer.fast_dev_run, which writes nothing
             print(f"Run directory: {log_dir}")
     run_dir = Path(log_dir or trainer.default_root_dir)

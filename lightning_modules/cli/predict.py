@@ -10,7 +10,7 @@ test-time augmentation unless ``--tta`` says otherwise. When every input sits in
 after a class (``test/<class>/*``), it also prints the accuracy.
 
 Exit status: 0 every input classified; 1 some inputs failed (the others are still classified and
-written); 2 a usage error (no such checkpoint, no inputs, bad option).
+written); 2 a usage error (no such checkpoint, no inputs, bad option); 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lightning_modules.cli.frame import (
     OneLineArgumentParser,
     UsageError,
     add_model_options,
+    interrupt_on_signals,
     one_line_errors,
     pick_device,
     positive_int,
@@ -51,7 +52,8 @@ def build_parser() -> OneLineArgumentParser:
     return parser
 
 
-@one_line_errors
+@one_line_errors(interrupted="the rows printed above are complete; no --output file was written")
+@interrupt_on_signals()  # SIGTERM as Ctrl-C: exit status 130 in one line, no half-written --output
 def predict_main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()
     return run(build_parser().parse_args(argv))

@@ -14,7 +14,9 @@ a file gets the same answer from both.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import multiprocessing
 import os
 import signal
 
@@ -27,6 +29,7 @@ from lightning_modules.cli.frame import (
     OneLineArgumentParser,
     UsageError,
     add_model_options,
+    interrupt_on_signals,
     non_negative_float,
     one_line_errors,
     port_number,
@@ -81,7 +84,7 @@ class ImageBodyMiddleware:
             # Answered from the header: a client that declares more than it sends would otherwise hold
             # the connection until it gives up, waiting for bytes that never come.
             return await refuse(
-                413, f"the body declares {int(declared):,} bytes, over the {self.max_bytes:,}-byte limit"
+                413, f"request body too large: {int(declared):,} bytes declared, over the {self.max_bytes:,}-byte limit"
             )
         try:
             if content_type.startswith("application/json"):
@@ -145,6 +148,11 @@ class ClassifierAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         from lightning_modules.inference.checkpoints import load_classifier
 
+        # Ctrl-C at a terminal reaches every process of the group: a worker process leaves stopping to
+        # the main process, which ends it (a KeyboardInterrupt here printed a traceback at every Ctrl-C).
+        if multiprocessing.parent_process() is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.torch_device = torch.device(device)
         self.model = load_classifier(self.ckpt_path, map_location=self.torch_device, tta=self.tta)
         self.top_k = min(self.requested_top_k, self.model.num_classes)
@@ -178,7 +186,7 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
 
-@one_line_errors
+@one_line_errors(interrupted="the server has stopped")
 def serve_main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
     add_model_options(parser)
@@ -230,11 +238,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     )
     # SIGTERM (docker stop, kill, a test's teardown) would end this process at once and orphan
     # LitServe's forked API and inference processes; as KeyboardInterrupt it takes LitServe's
-    # graceful-shutdown path, which stops them.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    server.run(host=args.host, port=args.port, generate_client_file=False)
+    # graceful-shutdown path, which stops them. LitServe returns after it: the command still ends
+    # as interrupted (exit status 130, one line).
+    with interrupt_on_signals() as received:
+        server.run(host=args.host, port=args.port, generate_client_file=False)
+    if received:
+        raise KeyboardInterrupt
     return 0
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

@@ -114,6 +114,8 @@ def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path) -> Infer
 
 
 def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> InferenceClassifier:
+    if not isinstance(checkpoint["hyper_parameters"], Mapping) or not isinstance(checkpoint["state_dict"], Mapping):
+        raise CheckpointError(f"refused {path}: its hyper_parameters and state_dict must be mappings")
     hparams = dict(checkpoint["hyper_parameters"])
     instantiator = hparams.get("_instantiator")
     if instantiator not in (None, LIGHTNING_INSTANTIATOR):
@@ -151,6 +153,13 @@ def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str]
     names = hparams.get("class_names") or list(CIFAR10_CLASSES)
     if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
         raise CheckpointError(f"refused {path}: class_names must be a list of 1 to {MAX_CLASSES:,} names")
+    # Names print as one column of a tab-separated row, and an answer must say which class it is.
+    if not all(isinstance(n, str) and n.strip() and not set(n) & set("\t\r\n") for n in names):
+        raise CheckpointError(f"refused {path}: class_names must be non-empty text without tabs or line breaks")
+    if len(set(names)) != len(names):
+        raise CheckpointError(
+            f"refused {path}: class_names holds duplicates ({sorted({n for n in names if names.count(n) > 1})})"
+        )
     size = hparams.get("image_size", 32)
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
         raise CheckpointError(f"refused {path}: image_size {size!r} is not an integer from 1 to {MAX_IMAGE_SIZE}")
