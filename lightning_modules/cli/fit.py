@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
@@ -97,6 +97,28 @@ class CompactErrorParser(OneLineErrors, LightningArgumentParser):
         return super().hint(message)
 
 
+class ShortHelp(DefaultHelpFormatter):
+    """``--help`` in a few screens: jsonargparse lists every known subclass of a type, which for
+    ``--model.net`` is every ``torch.nn.Module`` in torch (671 of 1,514 lines). Lists longer than a
+    few entries keep the project's networks (or the first few others), and count the rest.
+    (argparse's formatter has no public hook for one action's help text; ``_expand_help`` is it.)"""
+
+    def _expand_help(self, action) -> str:
+        text = super()._expand_help(action)
+        head, found, tail = text.partition("known subclasses: ")
+        if not found:
+            return text
+        names = [n.strip() for n in tail.split(",")]
+        if len(names) <= SHOWN_SUBCLASSES:
+            return text
+        ours = [n for n in names if n.startswith("lightning_modules.nets.")]
+        shown = ours or names[:SHOWN_SUBCLASSES]
+        return f"{head}{found}{', '.join(shown)}, or any class path ({len(names) - len(shown)} more known)"
+
+
+SHOWN_SUBCLASSES = 8
+
+
 class ClassifierCLI(LightningCLI):
     def __init__(self, args=None) -> None:
         super().__init__(
@@ -112,6 +134,7 @@ class ClassifierCLI(LightningCLI):
             parser_kwargs={
                 "description": "Train a CIFAR-10 classifier, then test its best checkpoint.",
                 "allow_abbrev": False,
+                "formatter_class": ShortHelp,
             },
         )
 
