@@ -144,8 +144,16 @@ def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, known_images, m
             "malformed multipart",
         ),
         ({"Host": "attacker.example"}, b"", "Host header"),
+        ({"Content-Type": "application/json"}, b"[" * 5_000 + b"]" * 5_000, "nested too deeply"),
     ],
-    ids=["broken-json", "json-without-image", "multipart-without-boundary", "too-many-fields", "foreign-host"],
+    ids=[
+        "broken-json",
+        "json-without-image",
+        "multipart-without-boundary",
+        "too-many-fields",
+        "foreign-host",
+        "json-nesting-bomb",
+    ],  # fmt: skip
 )
 def test_malformed_requests_are_400_not_500(server, headers, body, message):
     url, _, _ = server
@@ -200,3 +208,15 @@ def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_bod
     assert reply.startswith("HTTP/1.1 413") and "over the" in reply
     assert time.perf_counter() - start < 5
     assert requests.get(f"{url}/health", timeout=5).text == "ok"
+
+
+def test_line_wrapped_base64_as_the_base64_command_prints_it_is_accepted(server, known_images):
+    import base64
+    import textwrap
+
+    url, _, _ = server
+    paths, expected = known_images
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(paths[0].read_bytes()).decode(), 76)) + "\n"
+    response = requests.post(f"{url}/predict", json={"image_b64": wrapped}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == expected[0]["label"]

@@ -108,6 +108,8 @@ class ImageBodyMiddleware:
             return await refuse(err.status_code, str(err.detail))
         except (ValueError, UnicodeDecodeError):  # broken JSON
             return await refuse(400, "the JSON body is not valid JSON")
+        except RecursionError:  # [[[[...]]]] thousands deep: json's parser recurses
+            return await refuse(400, "the JSON body is nested too deeply")
         except Exception as err:  # starlette's multipart errors: no boundary, too many fields, truncated parts
             return await refuse(400, f"malformed multipart upload ({str(err)[:120] or type(err).__name__})")
         if data is not None:
@@ -163,7 +165,8 @@ class ClassifierAPI(ls.LitAPI):
         if not isinstance(encoded, str):
             raise HTTPException(400, "send the image as the request body or as a multipart file upload")
         try:
-            data = base64.b64decode(encoded, validate=True)
+            # Line breaks and spaces are allowed: the base64 command wraps its output every 76 characters.
+            data = base64.b64decode("".join(encoded.split()), validate=True)
         except ValueError:
             raise HTTPException(400, f"{IMAGE_FIELD} is not valid base64") from None
         try:
