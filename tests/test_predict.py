@@ -113,3 +113,14 @@ def test_script_runs_as_a_process(checkpoint, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stdout.splitlines()[0].split("\t")[0] == "red.png"
     assert "broken.jpg\tERROR" in result.stdout
+
+
+def test_a_file_name_with_a_line_break_stays_on_its_own_row(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in ("plain.png", "two\nlines.png", "tab\there.png"):
+        Image.new("RGB", (32, 32), (200, 40, 40)).save(folder / name)
+    assert predict_main(["--ckpt_path", str(checkpoint), str(folder)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 3 and all(len(row.split("\t")) == 3 for row in rows)
+    assert any("two\\nlines.png" in row for row in rows) and any("tab\\there.png" in row for row in rows)

@@ -100,18 +100,25 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# Tabs and line breaks inside a field would split a row or start a new one.
+ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def printable(text: str) -> str:
-    """A file name as any terminal can show it: bytes that are not UTF-8 become \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """One field as any terminal can show it on one row: bytes that are not UTF-8 become \\xNN,
+    tabs and line breaks \\t, \\n and \\r."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(ESCAPES)
 
 
 def format_row(record: dict, top_k: int) -> str:
+    """One row per input, tab-separated: path, label (or ERROR), probability (or the reason)."""
+    path = printable(record["path"])
     if record["error"] is not None:
-        return printable(f"{record['path']}\tERROR\t{record['error']}")
-    row = f"{record['path']}\t{record['label']}\t{record['probability']:.4f}"
+        return f"{path}\tERROR\t{printable(record['error'])}"
+    row = f"{path}\t{record['label']}\t{record['probability']:.4f}"
     if top_k > 1:
         row += "\t" + ", ".join(f"{t['label']} {t['probability']:.4f}" for t in record["top_k"])
-    return printable(row)
+    return row
 
 
 def write_atomically(path: Path, records: list[dict]) -> None:
