@@ -220,3 +220,23 @@ def test_line_wrapped_base64_as_the_base64_command_prints_it_is_accepted(server,
     response = requests.post(f"{url}/predict", json={"image_b64": wrapped}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["label"] == expected[0]["label"]
+
+
+def test_a_full_queue_is_answered_503_at_once_and_the_server_goes_on(tmp_path):
+    # One request in progress at a time; each waits up to 1 s for a batch to fill, so the others
+    # sent meanwhile find the queue full.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    proc, url = start_server(tmp_path, ckpt, "--max_queue", "1", "--batch_timeout", "1.0")
+    try:
+        image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: requests.post(f"{url}/predict", data=image, timeout=30), range(6)))
+        codes = sorted(a.status_code for a in answers)
+        assert 200 in codes and 503 in codes, codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert "server busy" in busy.json()["detail"] and busy.headers["Retry-After"] == "1"
+        assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200
+    finally:
+        stop(proc)

@@ -58,11 +58,20 @@ class ImageBodyMiddleware:
     cannot reach the server through DNS rebinding.
     """
 
-    def __init__(self, app, path: str = "/predict", loopback_only: bool = True, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app,
+        path: str = "/predict",
+        loopback_only: bool = True,
+        max_bytes: int | None = None,
+        max_queue: int | None = None,
+    ) -> None:
         self.app = app
         self.path = path
         self.loopback_only = loopback_only
         self.max_bytes = max_bytes
+        self.max_queue = max_queue
+        self.in_flight = 0  # /predict requests this server process holds: reading, waiting or running
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -78,6 +87,21 @@ class ImageBodyMiddleware:
             return await refuse(400, "Host header is not a loopback name; serve with --host 0.0.0.0 to accept others")
         if scope["method"] != "POST" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
+        if self.max_queue is not None and self.in_flight >= self.max_queue:
+            # Answered at once: a client retries later rather than timing out behind the others.
+            response = JSONResponse(
+                {"detail": f"server busy: {self.in_flight} requests in progress (--max_queue {self.max_queue})"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self._predict(scope, receive, send, request, refuse)
+        finally:
+            self.in_flight -= 1
+
+    async def _predict(self, scope, receive, send, request, refuse) -> None:
         content_type = request.headers.get("content-type", "")
         declared = request.headers.get("content-length", "")
         if self.max_bytes is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -207,6 +231,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=positive_int, default=1, help="inference worker processes (default 1)")
     parser.add_argument(
+        "--max_queue",
+        type=positive_int,
+        default=256,
+        help="requests in progress at once; more are answered 503 at once (default 256)",
+    )
+    parser.add_argument(
         "--max_pixels",
         type=positive_int,
         default=SERVE_MAX_PIXELS,
@@ -235,7 +265,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         middlewares=[
             (
                 ImageBodyMiddleware,
-                {"path": "/predict", "loopback_only": args.host == "127.0.0.1", "max_bytes": args.max_bytes},
+                {
+                    "path": "/predict",
+                    "loopback_only": args.host == "127.0.0.1",
+                    "max_bytes": args.max_bytes,
+                    "max_queue": args.max_queue,
+                },
             )
         ],
     )
