@@ -126,3 +126,28 @@ def test_sweep_names_the_base_of_an_override_recipe(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     err = one_line_exit_2(sweep_main, ["--seeds", "2", "--config", "configs/fast_cpu_long.yaml"], capsys)
     assert "extends configs/fast_cpu.yaml" in err
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("compare", ["run", "--output", "afile/c.png"]),
+        ("evaluate", ["--ckpt_path", "model.ckpt", "--data.data_dir", "data", "--output_dir", "afile/eval"]),
+        ("export", ["--ckpt_path", "model.ckpt", "--format", "onnx", "--output", "afile/m.onnx"]),
+    ],
+)
+def test_an_output_under_a_file_is_one_line(name, args, capsys, tmp_path, monkeypatch):
+    # A file where the output's folder should be (as with a read-only or full disk): the OS refuses;
+    # the command says so in one line instead of a traceback.
+    import json
+
+    from helpers import make_image_folder, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    save_checkpoint(tmp_path / "model.ckpt")
+    make_image_folder(tmp_path / "data", {"train": 2, "test": 2})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text(json.dumps({"epochs": [], "config": {}}))
+    err = one_line_exit_2(COMMANDS[name], args, capsys)
+    assert "afile" in err and "check the path" in err

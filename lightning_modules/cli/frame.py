@@ -177,6 +177,13 @@ def one_line_errors(
             except (*expected_errors(), *also) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
+            except OSError as err:  # a path the user gave: a file where a folder should be, no space, no access
+                where = f"{err.filename}: " if err.filename else ""
+                reason = err.strerror or (str(err).splitlines() or [type(err).__name__])[0][:200]
+                if isinstance(err, FileExistsError) and err.filename and not os.path.isdir(err.filename):
+                    reason = "a file is there, where a folder is needed"  # mkdir's "File exists"
+                print(f"error: {where}{reason}; check the path (a writable folder with space)", file=sys.stderr)
+                return 2
             except KeyboardInterrupt:
                 print(f"interrupted: {interrupted}", file=sys.stderr)
                 return INTERRUPTED
