@@ -72,6 +72,9 @@ def read_image(
         stream = _open_regular_file(source, label)
     try:
         with warnings.catch_warnings():
+            # Pillow's notes about a file ("Corrupt EXIF data", ...) would print once per image and
+            # bury predict's rows; the image is still read, or refused in one line below.
+            warnings.filterwarnings("ignore", module=r"PIL\.")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream, formats=FORMATS) as im:
                 if im.width * im.height > max_pixels:

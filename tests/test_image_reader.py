@@ -141,3 +141,21 @@ def test_expand_inputs_keeps_order_and_reports_empties(tmp_path):
     assert rows[4][:2] == (str(tmp_path / "empty"), None) and "folder holds no images" in rows[4][2]
     assert labels[5] == str(tmp_path / "a.jpg")
     assert rows[6] == ("nope.png", None, "nope.png: no such file or folder")
+
+
+def test_pillow_notes_about_a_file_do_not_flood_the_output():
+    # "Corrupt EXIF data" once per image buried predict's rows; the image itself reads fine.
+    import io
+    import warnings
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(
+        buffer, "JPEG", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff\x01"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(buffer.getvalue(), 32)
+    assert image.shape == (3, 32, 32)
+    assert not [w for w in caught if "PIL" in w.filename], [str(w.message) for w in caught]
