@@ -58,6 +58,8 @@ ORDER_SEED = 0
 STALE_TEMP_S = 600
 # Decoded splits whose cache could not be written, by cache path: decoded once per process, not twice.
 _UNWRITTEN: dict[Path, dict] = {}
+# Warnings already given by this process.
+_WARNED: set[str] = set()
 # Cache files (path, size, mtime) whose content hash this process has checked.
 _VERIFIED: set[tuple[str, int, int]] = set()
 
@@ -388,7 +390,10 @@ def _load_folder_cached(
                 f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in all); fix or remove it, "
                 "or pass --data.skip_bad_images true"
             )
-        log(f"Warning: skipped {len(skipped)} unreadable image(s), e.g. {root / skipped[0]}")
+        message = f"Warning: skipped {len(skipped)} unreadable image(s), e.g. {root / skipped[0]}"
+        if message not in _WARNED:  # prepare_data and setup both load: say it once per process
+            _WARNED.add(message)
+            log(message)
 
     def split(name: str) -> Split | None:
         return Split(blobs[name][f"{name}_images"], blobs[name][f"{name}_labels"]) if name in blobs else None
