@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import difflib
 import functools
+import math
 import os
 import platform
 import re
@@ -71,48 +72,27 @@ class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
 
-def positive_int(text: str) -> int:
-    """An argument type: a whole number >= 1 (``--top_k 0`` is refused while parsing, in one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (use 1 or more)")
-    return value
+def _number(convert: Callable[[str], float], accept: Callable[[float], bool], name: str, says: str):
+    """An argparse type that refuses, while parsing and in one line, anything but ``says``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {says}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {says}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = f"An argument type: {says}."
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """An argument type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def port_number(text: str) -> int:
-    """An argument type: a TCP port, 0 (any free port) to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (use 0 to 65535)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """An argument type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "positive_int", "a positive integer (1 or more)")
+port_number = _number(int, lambda v: 0 <= v <= 65535, "port_number", "a port number (0 to 65535; 0: any free one)")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "positive_float", "a positive number")
+non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "non_negative_float", "a number >= 0")
 
 
 def config_parser(**kwargs):
