@@ -169,9 +169,11 @@ def expand_inputs(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = [p for p in walk_files(path) if is_image_file(p)]
+            unreadable: list[str] = []
+            found = [p for p in walk_files(path, unreadable) if is_image_file(p)]
             if not found:
-                rows.append((arg, None, f"{arg}: folder holds no images ({', '.join(sorted(SUFFIXES))})"))
+                why = f"; a folder inside could not be read: {unreadable[0]}" if unreadable else ""
+                rows.append((arg, None, f"{arg}: folder holds no images ({', '.join(sorted(SUFFIXES))}){why}"))
             rows.extend((str(p), p, None) for p in found)
         elif path.exists() or path.is_symlink():
             rows.append((arg, path, None))  # the reader names what is wrong with it, if anything
@@ -185,17 +187,20 @@ def expand_inputs(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
     return rows
 
 
-def walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path, unreadable: list[str] | None = None) -> list[Path]:
     """Regular files under ``root`` in sorted order, without recursion (any depth) and without
     entering symlinked or hidden folders (names starting with "."); a file reached twice (through
-    links) is listed once."""
+    links) is listed once. Folders that cannot be listed are skipped; ``unreadable`` gets one line
+    for each (the folder and the reason)."""
     files, seen, stack = [], set(), [root]
     while stack:
         folder = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
-        except OSError:
-            continue  # unreadable folder: nothing to list there
+        except OSError as err:  # no access, or nested past the system's path length limit
+            if unreadable is not None:
+                unreadable.append(f"{str(folder)[:80]}{'...' if len(str(folder)) > 80 else ''} ({err.strerror})")
+            continue
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):

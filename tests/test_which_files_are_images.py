@@ -71,3 +71,25 @@ def test_a_dotfile_named_explicitly_is_read(tmp_path, checkpoint, capsys):
     assert ".hidden.jpg" in capsys.readouterr().out
     # A resource fork named explicitly is read too, and is named as not an image (done in part).
     assert exit_status(predict_main, ["--ckpt_path", str(checkpoint), str(tmp_path / "._visible.png")]) == 1
+
+
+def test_a_folder_nested_past_the_path_limit_says_why_it_found_nothing(tmp_path):
+    # 2,100 levels: the image at the bottom is past the system's path length limit (4,096 bytes).
+    import os
+
+    from PIL import Image
+
+    from datamodules.image_reader import expand_inputs
+
+    here = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(2100):
+        os.mkdir("d", dir_fd=here)
+        below = os.open("d", os.O_RDONLY, dir_fd=here)
+        os.close(here)
+        here = below
+    fd = os.open("x.png", os.O_WRONLY | os.O_CREAT, dir_fd=here)
+    with os.fdopen(fd, "wb") as f:
+        Image.new("RGB", (4, 4)).save(f, "PNG")
+    os.close(here)
+    (row,) = expand_inputs([str(tmp_path / "d")])
+    assert row[1] is None and "could not be read" in row[2] and "File name too long" in row[2]
