@@ -28,18 +28,32 @@ def load_run(run_dir: Path) -> dict:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: not a readable report ({err})") from None
-    config = report.get("config") or {}
-    net = (((config.get("model") or {}).get("net")) or {}).get("class_path", "?").rsplit(".", 1)[-1]
-    logger = ((config.get("trainer") or {}).get("logger") or {}).get("init_args") or {}
-    return {
-        "run": str(run_dir),
-        "recipe": f"{logger.get('name', '?')} ({net})",
-        "epochs": epochs_run(report),
-        "time_s": report.get("wall_time_s"),
-        "best_val_acc": report.get("best_val_acc"),
-        "test_acc": (report.get("test") or {}).get("test/acc"),
-        "curve": [(row["wall_s"], row["val/acc"]) for row in report.get("epochs", []) if "val/acc" in row],
-    }
+    try:  # a report.json that is not fit.py's (a list, a string where a number goes): one line
+        config = report.get("config") or {}
+        net = (((config.get("model") or {}).get("net")) or {}).get("class_path", "?").rsplit(".", 1)[-1]
+        logger = ((config.get("trainer") or {}).get("logger") or {}).get("init_args") or {}
+        return {
+            "run": str(run_dir),
+            "recipe": f"{logger.get('name', '?')} ({net})",
+            "epochs": epochs_run(report),
+            "time_s": number(report.get("wall_time_s")),
+            "best_val_acc": number(report.get("best_val_acc")),
+            "test_acc": number((report.get("test") or {}).get("test/acc")),
+            "curve": [
+                (number(row["wall_s"]), number(row["val/acc"]))
+                for row in report.get("epochs") or []
+                if "val/acc" in row
+            ],
+        }
+    except (AttributeError, TypeError, KeyError, ValueError) as err:
+        raise UsageError(f"{path}: not a report of scripts/fit.py ({type(err).__name__}: {err})") from None
+
+
+def number(value):
+    """A report's number, or None; anything else is not fit.py's report."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"{value!r} where a number belongs")
 
 
 def epochs_run(report: dict) -> int:

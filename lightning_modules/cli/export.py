@@ -61,6 +61,8 @@ def default_output(ckpt_path: str, fmt: str) -> Path:
     """The checkpoint's name with the format's suffix, never the checkpoint itself (``model.pt`` ->
     ``model.torchscript.pt``)."""
     ckpt = Path(ckpt_path)
+    if not ckpt.name:  # "", ".", "/": no file name to give the export
+        raise UsageError(f"--ckpt_path {ckpt_path!r} names no file; pass the checkpoint's path")
     output = ckpt.with_suffix(FORMATS[fmt])
     return ckpt.with_suffix(f".{fmt}{FORMATS[fmt]}") if output == ckpt else output
 
@@ -116,10 +118,12 @@ def export(
         with interrupts_held():  # onnx's native module crashes the process if Ctrl-C stops its import
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    tmp = None
     try:  # Ctrl-C or SIGTERM (KeyboardInterrupt, see export_main) too: no temporary file is left
-        os.close(fd)
+        with interrupts_held():  # until tmp names the file, which the finally then removes
+            fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+            os.close(fd)
+            tmp = Path(tmp_name)
         (export_onnx if fmt == "onnx" else export_torchscript)(model, images[:2], tmp)
         diff, limit, mismatches = parity(model, tmp, fmt, images)
         if diff <= limit and mismatches == 0:
@@ -128,9 +132,10 @@ def export(
             fsync_dir(output.parent)
         return diff, limit, mismatches, described
     finally:
-        tmp.unlink(missing_ok=True)
-        # The ONNX exporter may write external weights beside the temporary file.
-        Path(f"{tmp}.data").unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+            # The ONNX exporter may write external weights beside the temporary file.
+            Path(f"{tmp}.data").unlink(missing_ok=True)
 
 
 @one_line_errors(interrupted="nothing was written")

@@ -30,6 +30,15 @@ class UsageError(Exception):
     """A command-line, configuration or input mistake; the message says how to fix it."""
 
 
+# Where str.splitlines() breaks a line; a file name in a message may hold any of them.
+LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def single_line(text: object) -> str:
+    """A message as exactly one line: line breaks inside it (a file name's, say) shown escaped."""
+    return str(text).translate(LINE_BREAKS)
+
+
 def one_line(message: str) -> str:
     """A parser's message in one line: its first line, then the others joined by "; "."""
     parts = [line.strip(" -") for line in str(message).splitlines() if line.strip(" -")]
@@ -57,6 +66,12 @@ class OneLineErrors:
             if guess:
                 return f"; did you mean {guess}?"
         return ""
+
+    def parse_args(self, *args, **kwargs):
+        try:
+            return super().parse_args(*args, **kwargs)
+        except UnicodeDecodeError as err:  # jsonargparse reading a binary file given as a config
+            self.error(f"a file given as a config is not text ({err.reason} at byte {err.start}); give a YAML file")
 
     def error(self, message: str, ex: Exception | None = None):
         text = one_line(message)
@@ -155,14 +170,17 @@ def one_line_errors(
             try:
                 return function(*args, **kwargs) or 0
             except (*expected_errors(), *also) as err:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {single_line(err)}", file=sys.stderr)
                 return 2
             except OSError as err:  # a path the user gave: a file where a folder should be, no space, no access
                 where = f"{err.filename}: " if err.filename else ""
                 reason = err.strerror or (str(err).splitlines() or [type(err).__name__])[0][:200]
                 if isinstance(err, FileExistsError) and err.filename and not os.path.isdir(err.filename):
                     reason = "a file is there, where a folder is needed"  # mkdir's "File exists"
-                print(f"error: {where}{reason}; check the path (a writable folder with space)", file=sys.stderr)
+                print(
+                    f"error: {single_line(where + reason)}; check the path (a writable folder with space)",
+                    file=sys.stderr,
+                )
                 return 2
             except KeyboardInterrupt:
                 print(f"interrupted: {interrupted}", file=sys.stderr)

@@ -40,6 +40,8 @@ from lightning_modules.inference.predictor import rank
 IMAGE_FIELD = "image_b64"
 
 
+# LitServer's request timeout (its default): a request answers 504 after it; a batch must fill sooner.
+REQUEST_TIMEOUT_S = 30
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MAX_FORM_FIELDS = 16
 # 12 megapixels: a phone photo. Reading a 12-megapixel PNG takes 0.26 s on 2 cores, a 40-megapixel
@@ -224,7 +226,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_k", type=positive_int, default=3, help="classes listed in top_k (default 3)")
     parser.add_argument("--max_batch_size", type=positive_int, default=32, help="requests run together (default 32)")
     parser.add_argument(
-        "--batch_timeout", type=non_negative_float, default=0.005, help="seconds to wait to fill a batch"
+        "--batch_timeout",
+        type=non_negative_float,
+        default=0.005,
+        help=f"seconds to wait to fill a batch (default 0.005; less than the {REQUEST_TIMEOUT_S} s request timeout)",
     )
     parser.add_argument(
         "--max_bytes", type=positive_int, default=10_000_000, help="largest request body (default 10 MB)"
@@ -245,6 +250,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers > (os.cpu_count() or 1):  # each holds a model and a decoder: 8 took ~7.8 GB
         raise UsageError(f"--workers {args.workers}: this machine has {os.cpu_count()} CPU cores; use at most that")
+    if args.batch_timeout >= REQUEST_TIMEOUT_S:  # LitServer refuses it with a ValueError
+        raise UsageError(
+            f"--batch_timeout {args.batch_timeout}: use less than {REQUEST_TIMEOUT_S} s, the time a request may take"
+        )
 
     from lightning_modules.inference.checkpoints import load_classifier
 
@@ -260,6 +269,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             batch_timeout=args.batch_timeout,
         ),
         accelerator=accelerator,
+        timeout=REQUEST_TIMEOUT_S,
         workers_per_device=args.workers,
         max_payload_size=args.max_bytes,
         middlewares=[

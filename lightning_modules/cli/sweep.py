@@ -7,8 +7,14 @@ Every trial is an ordinary fit.py run (in this process), in ``<out>/trials/trial
 report, checkpoints and logs; any option this command does not know goes to fit.py as given. The
 study lives in an Optuna storage (SQLite in ``<out>/study.db`` by default), so the same command
 after Ctrl-C, a crash or on another day goes on where it stopped, and several processes or
-machines can share one database server. Trials report ``val/acc`` after each validation, and a
-trial the pruner finds behind the others at the same epoch stops there.
+machines can share one database server; each session's sampler is seeded with ``--seed`` plus
+the trials already in the study, so going on draws new values. Trials report ``val/acc`` after
+each validation, and a trial the pruner finds behind the others at the same epoch stops there.
+
+Before any trial, fit.py builds its configuration with the first value of every range, then with
+each other choice and each range's high end: a value it refuses anywhere in the space is one
+line, exit status 2. A trial that fails anyway (a diverged run, memory) is recorded as FAIL in one
+line and the study goes on; the exit status is then 1 (done in part). Ctrl-C: 130, trials kept.
 
 The search space is YAML, one entry per fit.py option, each an Optuna distribution::
 
@@ -20,10 +26,15 @@ The search space is YAML, one entry per fit.py option, each an Optuna distributi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
+import os
 import sys
 import time
+import traceback
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,8 @@ from datamodules.atomic_files import atomic_write
 from lightning_modules.cli.frame import (
     OneLineArgumentParser,
     UsageError,
+    expected_errors,
+    one_line,
     one_line_errors,
     positive_float,
     positive_int,
@@ -64,15 +77,40 @@ def build_parser() -> OneLineArgumentParser:
     return parser
 
 
-@one_line_errors
+class TrialFailed(RuntimeError):
+    """One trial failed (its values, or what they ran into): recorded as FAIL; the study goes on."""
+
+
+@dataclass
+class Outcome:
+    """What a session of the study did: the finished trials (number, state, value, params, test_acc,
+    wall_s, run_dir), whether Ctrl-C stopped it, and one line per trial of this session that failed."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    failed: list[str] = field(default_factory=list)
+
+
+@one_line_errors(interrupted="the finished trials are kept in the study; run the same command to go on")
 def sweep_main(argv: list[str] | None = None) -> int:
-    results, interrupted = sweep(argv)
-    return 130 if interrupted else 0
+    outcome = run_study(argv)
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failed else 0  # 1: done in part
 
 
 def sweep(argv: list[str] | None = None) -> tuple[list[dict[str, Any]], bool]:
-    """Run (or go on with) a study; returns its finished trials (number, state, value, params, test_acc,
-    wall_s, run_dir) and whether Ctrl-C stopped it. The seed runner of the benchmarks too."""
+    """Run (or go on with) a study; returns its finished trials and whether Ctrl-C stopped it. Raises
+    ``RuntimeError`` naming the first failed trial, once the others have run. The benchmarks' seed
+    runner."""
+    outcome = run_study(argv)
+    if outcome.failed and not outcome.interrupted:
+        raise RuntimeError(outcome.failed[0])
+    return outcome.results, outcome.interrupted
+
+
+def run_study(argv: list[str] | None = None) -> Outcome:
+    """Run (or go on with) a study: the trials of this session, then the report."""
     import optuna
 
     args, fit_args = build_parser().parse_known_args(argv)
@@ -84,28 +122,44 @@ def sweep(argv: list[str] | None = None) -> tuple[list[dict[str, Any]], bool]:
     try:
         study = optuna.create_study(
             study_name=plan["name"], storage=storage, load_if_exists=True, direction="maximize",
-            sampler=plan["sampler"], pruner=plan["pruner"],
+            pruner=plan["pruner"],
         )  # fmt: skip
     except Exception as err:  # a bad URL, an unreachable server, a damaged file
         raise UsageError(f"--storage {storage}: cannot open the study ({str(err).splitlines()[0][:200]})") from None
+    # Seeded anew for each session: with --seed alone, going on after Ctrl-C would draw the first
+    # session's values again (the interrupted trial's among them).
+    study.sampler = plan["sampler"](args.seed + len(study.trials))
     todo = plan["n_trials"] - len(finished(study))
     print(f"Study {plan['name']} in {storage}: {len(finished(study))} finished trials, {max(todo, 0)} to go",
           file=sys.stderr)  # fmt: skip
-    interrupted = False
+    outcome = Outcome()
     if todo > 0:
+        # A failed trial is our own one line (run_trial); Optuna would add its warning and traceback,
+        # also for the trial Ctrl-C stopped.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
-            study.optimize(lambda trial: run_trial(trial, plan), n_trials=todo, timeout=args.timeout, catch=())
+            study.optimize(
+                lambda trial: run_trial(trial, plan, outcome.failed), n_trials=todo, timeout=args.timeout,
+                catch=(TrialFailed,),
+            )  # fmt: skip
         except KeyboardInterrupt:
-            interrupted = True
+            outcome.interrupted = True
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
     report(study, plan)
-    if interrupted:
+    if outcome.interrupted:
         print(f"Interrupted: the {len(finished(study))} finished trials are kept in {storage}; "
               "run the same command to go on", file=sys.stderr)  # fmt: skip
-    results = [
+    elif outcome.failed:
+        more = (
+            f"; the same command runs more until {plan['n_trials']} have finished" if plan["n_trials"] < 10**9 else ""
+        )
+        print(f"{len(outcome.failed)} trials of this session failed (see the table){more}", file=sys.stderr)
+    outcome.results = [
         {"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params, **t.user_attrs}
         for t in finished(study)
     ]
-    return results, interrupted
+    return outcome
 
 
 def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
@@ -133,11 +187,11 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
     if n_trials is None and args.timeout is None:
         raise UsageError("say how long to search: --n_trials N, --timeout SECONDS, or both")
     base = [a for file in args.config for a in ("--config", file)] + fit_args
-    check_options(space, base, args.space or "--seeds")
-    samplers = {
-        "grid": lambda: optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=args.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=args.seed),
-        "tpe": lambda: optuna.samplers.TPESampler(seed=args.seed),
+    check_options(space, base, f"--space {args.space}" if args.space else "--seeds")
+    samplers = {  # each takes its seed
+        "grid": lambda seed: optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=seed),
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
     }
     pruners = {  # median: two full trials before judging others, and never on the first validation
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
@@ -146,7 +200,7 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
     }
     return {
         "name": name, "space": space, "base": base, "n_trials": n_trials or 10**9, "seeds": args.seeds is not None,
-        "output_dir": Path(args.output_dir or Path("runs", "sweeps", name)), "sampler": samplers[sampler](),
+        "output_dir": Path(args.output_dir or Path("runs", "sweeps", name)), "sampler": samplers[sampler],
         "pruner": pruners[pruner](), "prune": pruner != "none",
     }  # fmt: skip
 
@@ -174,29 +228,73 @@ def read_space(path: Path) -> dict[str, Any]:
         if not isinstance(spec, dict) or spec.get("type") not in kinds:
             raise UsageError(f"{where}: give a type, one of {', '.join(kinds)}, e.g. {EXAMPLE}")
         options = {k: v for k, v in spec.items() if k != "type"}
-        bounds = [options.get("low"), options.get("high")]
-        if spec["type"] != "categorical" and not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds
-        ):
-            raise UsageError(f"{where}: a {spec['type']} needs finite numbers low and high")
-        if spec["type"] == "int" and not all(float(v).is_integer() for v in bounds):
-            raise UsageError(f"{where}: an int needs whole numbers low and high")
+        check_settings(where, spec["type"], options)
         try:
-            distributions[key] = kinds[spec["type"]](**options)
+            with warnings.catch_warnings():  # a step that does not divide the range: Optuna lowers high
+                warnings.simplefilter("ignore", UserWarning)
+                distributions[key] = kinds[spec["type"]](**options)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{where}: {str(err).replace('__init__() ', '')}") from None
     return distributions
 
 
+SETTINGS = {"float": ("low", "high", "step", "log"), "int": ("low", "high", "step", "log"), "categorical": ("choices",)}
+
+
+def check_settings(where: str, kind: str, options: dict[str, Any]) -> None:
+    """A range's settings as Optuna needs them, each refused in one line that names it (Optuna would
+    take a string ``log`` as true, cut an int step of 1.5 to 1, split a string of choices into letters)."""
+    unknown = [k for k in options if k not in SETTINGS[kind]]
+    if unknown:
+        raise UsageError(f"{where}: {unknown[0]} is not a setting of a {kind} (use {', '.join(SETTINGS[kind])})")
+    if kind == "categorical":
+        choices = options.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{where}: choices must be a list of one or more values, e.g. [128, 256]")
+        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise UsageError(f"{where}: each of the choices must be a number, true/false, null or text")
+        return
+
+    def check_number(name: str) -> None:
+        value = options.get(name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            hint = ""
+            with contextlib.suppress(TypeError, ValueError):
+                float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
+                hint = " (quoted, or YAML read it as text: write 1.0e-3, not 1e-3)"
+            raise UsageError(f"{where}: a {kind} needs a finite number {name}, not {value!r}{hint}")
+        if kind == "int" and not float(value).is_integer():
+            raise UsageError(f"{where}: an int needs a whole number {name}, not {value}")
+
+    check_number("low")
+    check_number("high")
+    log, step = options.get("log", False), options.get("step")
+    if not isinstance(log, bool):
+        raise UsageError(f"{where}: log must be true or false, not {log!r}")
+    if step is not None:
+        check_number("step")
+        if step <= 0:
+            raise UsageError(f"{where}: step must be more than 0, not {step}")
+        if log and not (kind == "int" and step == 1):
+            raise UsageError(f"{where}: step and log: true do not go together (log spaces have no step); drop one")
+
+
+# What building fit.py's configuration raises for a value it refuses (as fit() reads them).
+REFUSALS = (ValueError, TypeError, OverflowError, ZeroDivisionError)
+
+
 def check_options(space: dict[str, Any], base: list[str], source: str) -> None:
-    """Build fit.py's configuration once, as a trial would, with the first value of each range, so that
-    an unknown option or a value it refuses stops the sweep before any trial."""
-    from lightning_modules.cli.fit import ClassifierCLI, check_config_bases
+    """Build fit.py's configuration as a trial would, first with the first value of each range, then
+    with each other choice and each range's high end in turn (~0.15 s a build), so that an unknown
+    option or a value fit.py refuses anywhere in the space stops the sweep before any trial."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lightning_modules.cli.fit import check_config_bases
 
     check_config_bases(base)  # an override recipe without its base: one line naming the base
-    sample = [a for key, d in space.items() for a in (f"--{key}", str(first_value(d)))]
+    first = {key: first_value(d) for key, d in space.items()}
     try:
-        ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
+        build_config(base, first)
     except UsageError as err:
         unknown = [key for key in space if "unrecognized" in str(err).lower() and f"--{key}" in str(err)]
         if unknown:
@@ -206,10 +304,54 @@ def check_options(space: dict[str, Any], base: list[str], source: str) -> None:
                 "(see scripts/fit.py --print_config)"
             ) from None
         raise UsageError(f"{source}: fit.py refused the first value of a range, or its options: {err}") from None
+    except REFUSALS as err:
+        raise UsageError(f"{source}: fit.py refused the first value of a range: {one_line(err)[:300]}") from None
+    for key, distribution in space.items():
+        for value in other_values(distribution):
+            try:
+                build_config(base, {**first, key: value})
+            except (*expected_errors(), *REFUSALS, MisconfigurationException) as err:
+                what = "choice" if hasattr(distribution, "choices") else "high end"
+                raise UsageError(
+                    f"{source}, {key}: fit.py refuses the {what} {value!r} ({one_line(err)[:300]}); change or remove it"
+                ) from None
+
+
+def build_config(base: list[str], values: dict[str, Any]) -> None:
+    """fit.py's configuration with these values, built as a trial builds it (without a logger), quietly."""
+    from lightning_modules.cli.fit import ClassifierCLI
+
+    sample = [a for key, value in values.items() for a in (f"--{key}", str(value))]
+    with quiet_lightning():
+        ClassifierCLI(args=[*base, *sample, "--trainer.logger", "false"])
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Without Lightning's notes (seed set, GPU available, ...), printed again for every build, and
+    without its warning that the sweep's own command line is not the one fit.py is given."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def first_value(distribution) -> Any:
     return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
+
+
+def other_values(distribution) -> list[Any]:
+    """The values check_options tries after the first: the other choices, or a range's high end."""
+    if hasattr(distribution, "choices"):
+        return list(distribution.choices[1:])
+    return [distribution.high] if distribution.high != distribution.low else []
 
 
 def suggest(trial, key: str, distribution) -> Any:
@@ -223,11 +365,14 @@ def suggest(trial, key: str, distribution) -> Any:
     return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
 
 
-def run_trial(trial, plan: dict[str, Any]) -> float:
-    """One fit.py run with the trial's values; its best val/acc is the objective."""
+def run_trial(trial, plan: dict[str, Any], failed: list[str] | None = None) -> float:
+    """One fit.py run with the trial's values; its best val/acc is the objective. A failure is one line
+    (appended to ``failed``) and ``TrialFailed``; Ctrl-C is KeyboardInterrupt."""
     import optuna
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from optuna_integration import PyTorchLightningPruningCallback
 
+    from lightning_modules.callbacks import NonFiniteLossError
     from lightning_modules.cli.fit import fit
 
     values = {key: suggest(trial, key, d) for key, d in plan["space"].items()}
@@ -243,20 +388,34 @@ def run_trial(trial, plan: dict[str, Any]) -> float:
     print(f"Trial {trial.number}: {values}", file=sys.stderr)
     callbacks = [PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if plan["prune"] else []
     start = time.perf_counter()
+
+    def trial_failed(reason: str) -> TrialFailed:
+        line = f"trial {trial.number} failed: {reason}"
+        print(line[0].upper() + line[1:], file=sys.stderr)
+        trial.set_user_attr("error", reason)
+        if failed is not None:
+            failed.append(line)
+        return TrialFailed(line)
+
     try:
-        result = fit(args, callbacks=callbacks, resume_hint=False)
+        with warnings.catch_warnings():  # fit.py is given its own options, not the sweep's command line
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            result = fit(args, callbacks=callbacks, resume_hint=False)
     except SystemExit as exit_:
         if exit_.code == 130:  # Ctrl-C or SIGTERM: fit has said what it saved
             raise KeyboardInterrupt from None
-        raise RuntimeError(f"trial {trial.number} failed (exit status {exit_.code}); see the lines above") from None
+        raise trial_failed(f"exit status {exit_.code}; see the lines above") from None
     except optuna.TrialPruned:
         trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
         raise
-    except UsageError as err:
-        raise RuntimeError(f"trial {trial.number} failed: {err}") from None
+    except Exception as err:  # a diverged run, memory, a value fit.py refused once started: this trial only
+        if os.environ.get("TRACEBACK"):
+            traceback.print_exc()
+        known = isinstance(err, (*expected_errors(), NonFiniteLossError, MisconfigurationException))
+        raise trial_failed(one_line(err)[:300] if known else f"{type(err).__name__}: {one_line(err)[:300]}") from None
     trial.set_user_attr("wall_s", round(time.perf_counter() - start, 1))
     if result["best_val_acc"] is None:
-        raise RuntimeError(f"trial {trial.number} never validated: {MONITOR} is what the sweep maximises")
+        raise trial_failed(f"it never validated: {MONITOR} is what the sweep maximises")
     test = (result.get("test") or {}).get("test/acc")
     if test is not None:
         trial.set_user_attr("test_acc", test)
