@@ -414,3 +414,21 @@ def test_resuming_a_finished_run_under_a_new_name_ends_cleanly(tiny, capsys):
     resumed = [*args, "--trainer.max_epochs", "1", "--ckpt_path", str(last), "--trainer.logger.init_args.name", "b"]
     assert fit_main(resumed) == 0
     assert "Best checkpoint: " in capsys.readouterr().out
+
+
+def test_sigterm_between_training_and_the_test_exits_130_with_the_report_written(tiny, monkeypatch, capsys):
+    # Lightning restores the default SIGTERM handling when fit returns; a signal before the test
+    # starts would end the process with status 143 and no word.
+    from datamodules import CIFAR10DataModule
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here
+        return True
+
+    monkeypatch.setattr(CIFAR10DataModule, "has_test_split", property(signalled))
+    args = ["--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--trainer.max_epochs", "1"]
+    assert exit_status(fit_main, [*args, *QUIET]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted: stopped outside training")
+    assert (tiny / "runs" / "tutorial" / "version_0" / "report.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handed back

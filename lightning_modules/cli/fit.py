@@ -45,6 +45,7 @@ from lightning_modules.cli.frame import (
     OneLineErrors,
     UsageError,
     cpu_has_native_bf16,
+    interrupt_on_signals,
     one_line_errors,
     reuse_freed_memory,
 )
@@ -242,8 +243,8 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     ``train_seconds``, ``config``, ...) plus ``run_dir``, so callers (sweep.py, the benchmarks, tests)
     never read files or output back. ``args`` are fit.py's options; ``callbacks`` join the configured
     ones (sweep.py adds its pruning callback); ``resume_hint`` false leaves the resume command out of
-    the message after Ctrl-C. Raises the project's errors (``UsageError``, ``DataError``, ...);
-    ``SystemExit(2)`` for a bad option and ``SystemExit(130)`` when interrupted.
+    the message after Ctrl-C. Raises the project's errors (``UsageError`` for a bad option too,
+    ``DataError``, ...), and ``SystemExit(130)`` when interrupted while training or testing.
     """
     check_config_bases(sys.argv[1:] if args is None else args)
     reuse_freed_memory()
@@ -321,10 +322,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 # Lightning's own configuration errors are one line too, and so is a diverged run.
-@one_line_errors(also=(MisconfigurationException, NonFiniteLossError))
+@one_line_errors(
+    also=(MisconfigurationException, NonFiniteLossError),
+    interrupted="stopped outside training and testing; the checkpoints and reports written so far are complete",
+)
 def fit_main(args: list[str] | None = None) -> int:
-    """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses."""
-    fit(args)
+    """Entry point of scripts/fit.py: ``fit`` with the frame's exit statuses. SIGTERM acts as Ctrl-C
+    outside Lightning's own handling too (between training and the test, Lightning has restored the
+    default, which would end the process with no message)."""
+    with interrupt_on_signals():
+        fit(args)
     return 0
 
 
