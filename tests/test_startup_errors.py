@@ -42,3 +42,12 @@ def test_a_refused_value_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, c
     # A step may have run before a scheduler's first step failed; then last.ckpt is kept, as for Ctrl-C.
     left = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()) if runs.exists() else []
     assert not left or any(name.endswith("last.ckpt") for name in left), left
+
+
+def test_a_config_file_that_refers_to_itself_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    (tmp_path / "loop.yaml").write_text("a: &a [*a]\n")  # a YAML alias inside itself
+    assert exit_status(fit_main, [*BASE, "--config", "loop.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")

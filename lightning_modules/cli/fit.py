@@ -250,7 +250,7 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     reuse_freed_memory()
     try:
         cli = ClassifierCLI(args=args)
-    except (ValueError, TypeError, OverflowError, ZeroDivisionError) as err:  # e.g. seeding: --seed_everything -1
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError, RecursionError) as err:  # a seed, a YAML loop
         if os.environ.get("TRACEBACK"):
             raise
         raise UsageError(f"the configuration was refused: {(str(err).strip().splitlines() or [''])[0][:300]}") from None
