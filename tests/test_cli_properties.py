@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lightning_modules.cli import compare, evaluate, export, predict, serve, sweep
-from lightning_modules.cli.frame import OneLineArgumentParser
 
 pytestmark = pytest.mark.slow
 SETTINGS = settings(
@@ -134,32 +133,13 @@ def options(parser: argparse.ArgumentParser, clean: bool) -> st.SearchStrategy[l
     return shuffled.map(lambda groups: [a for g in groups for a in g])
 
 
-class _Parser(Exception):
-    pass
-
-
-def parser_of(main) -> argparse.ArgumentParser:
-    """The parser a main builds inline (compare, export, serve), taken from it at parse_args."""
-
-    def hand_back(self, *args, **kwargs):
-        raise _Parser(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OneLineArgumentParser, "parse_args", hand_back)
-        try:
-            main([])
-        except _Parser as found:
-            return found.args[0]
-    raise AssertionError(f"{main.__name__} never called parse_args")
-
-
 PARSERS = {
     "predict": predict.build_parser,
     "sweep": sweep.build_parser,
     "evaluate": evaluate.build_parser,
-    "compare": lambda: parser_of(compare.compare_main),
-    "export": lambda: parser_of(export.export_main),
-    "serve": lambda: parser_of(serve.serve_main),
+    "compare": compare.build_parser,
+    "export": export.build_parser,
+    "serve": serve.build_parser,
 }
 MAINS = {
     "predict": predict.predict_main, "sweep": sweep.sweep_main, "evaluate": evaluate.evaluate_main,

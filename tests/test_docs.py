@@ -18,9 +18,7 @@ The parsers are built without running anything:
   and ``--print_config`` in a subprocess would cost a Python start (~10 s) per command. Each
   command is then ``parser.parse_args(args)``: the same parse ``scripts/fit.py`` does, subclass
   options such as ``--optimizer MuonSGD --optimizer.muon_lr 0.24`` included.
-- evaluate, predict, sweep: their ``build_parser()``.
-- compare, export, serve build their argparse parser inline in their main: the main is called
-  with ``OneLineArgumentParser.parse_args`` patched to hand back the parser before anything runs.
+- evaluate, predict, sweep, compare, export, serve: their ``build_parser()``.
 - sweep.py passes options it does not know to fit.py: those are parsed by fit's parser, after the
   ``--config`` files sweep.py was given.
 - scripts/bench/*: only that they exist (they are benchmarks, not the user's commands); the
@@ -178,22 +176,6 @@ def fit_parser():
     raise AssertionError("ClassifierCLI never reached parse_arguments")
 
 
-def inline_parser(main):
-    """The argparse parser a main builds inline, taken from it at its parse_args call."""
-    from lightning_modules.cli.frame import OneLineArgumentParser
-
-    def hand_back(self, *args, **kwargs):
-        raise _Parser(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OneLineArgumentParser, "parse_args", hand_back)
-        try:
-            main([])
-        except _Parser as found:
-            return found.args[0]
-    raise AssertionError(f"{main.__name__} never called parse_args")
-
-
 @dataclass
 class Bench:
     """A benchmark script: the option names its source declares."""
@@ -210,9 +192,9 @@ def parsers() -> dict:
         "scripts/evaluate.py": evaluate.build_parser(),
         "scripts/predict.py": predict.build_parser(),
         "scripts/sweep.py": sweep.build_parser(),
-        "scripts/compare.py": inline_parser(compare.compare_main),
-        "scripts/export.py": inline_parser(export.export_main),
-        "scripts/serve.py": inline_parser(serve.serve_main),
+        "scripts/compare.py": compare.build_parser(),
+        "scripts/export.py": export.build_parser(),
+        "scripts/serve.py": serve.build_parser(),
     }
     common = REPO / "scripts" / "bench" / "common.py"
     helpers = {  # common.py's functions that add options: add_images_dir adds --data_dir, ...

@@ -92,14 +92,18 @@ def curves_figure(runs: list[dict]):
     return fig
 
 
-@one_line_errors
-def compare_main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="compare.py", description="Compare training runs side by side.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="e.g. runs/tutorial/version_0")
     parser.add_argument(
         "--output", help="also draw validation accuracy against wall time into this PNG (default: the table only)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@one_line_errors
+def compare_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     run_dirs = [Path(d) for d in args.run_dirs]
     if args.output:
         output = Path(args.output)

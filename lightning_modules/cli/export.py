@@ -138,9 +138,7 @@ def export(
             Path(f"{tmp}.data").unlink(missing_ok=True)
 
 
-@one_line_errors(interrupted="nothing was written")
-@interrupt_on_signals()  # SIGTERM as Ctrl-C: export's finally removes the temporary files
-def export_main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="export.py", description="Export a checkpoint to ONNX or TorchScript.")
     add_model_options(parser)  # the export runs on the CPU: --trainer.accelerator is accepted and not used
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
@@ -148,7 +146,13 @@ def export_main(argv: list[str] | None = None) -> int:
         "--output", help="output file (default: the checkpoint's name with .onnx or .pt, if no file has that name)"
     )
     parser.add_argument("--images", nargs="*", default=[], metavar="PATH", help="images for the parity check")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@one_line_errors(interrupted="nothing was written")
+@interrupt_on_signals()  # SIGTERM as Ctrl-C: export's finally removes the temporary files
+def export_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
     diff, limit, mismatches, described = export(
         args.ckpt_path, args.format, output, args.images, args.tta, named=bool(args.output)

@@ -215,8 +215,7 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
 
-@one_line_errors(interrupted="the server has stopped")
-def serve_main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
     add_model_options(parser)
     parser.add_argument(
@@ -247,7 +246,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         default=SERVE_MAX_PIXELS,
         help=f"largest image a request may send, in pixels (default {SERVE_MAX_PIXELS:,}; bounds decode work)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@one_line_errors(interrupted="the server has stopped")
+def serve_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.workers > (os.cpu_count() or 1):  # each holds a model and a decoder: 8 took ~7.8 GB
         raise UsageError(f"--workers {args.workers}: this machine has {os.cpu_count()} CPU cores; use at most that")
     if args.batch_timeout >= REQUEST_TIMEOUT_S:  # LitServer refuses it with a ValueError
