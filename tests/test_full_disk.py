@@ -43,3 +43,34 @@ def test_a_cache_that_cannot_be_written_is_skipped_with_a_note(tmp_path, monkeyp
     assert len(data.train_split.labels) == 9  # trained on as if the cache had been written
     assert any("Could not write the image cache" in str(note) for note in notes)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-written cache file
+
+
+def test_a_disk_that_fills_up_during_training_ends_in_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    from lightning_modules.cli.fit import fit_main
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    args = ["--data.data_dir", "data", "--data.val_size", "3", "--data.batch_size", "3", "--test", "false", *quiet]
+    real_save = torch.save
+
+    def fills_up(obj, f, *a, **k):  # epoch 0's checkpoints are written; then the disk is full
+        if isinstance(obj, dict) and obj.get("epoch", 0) >= 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", fills_up)
+    assert exit_status(fit_main, [*args, "--trainer.max_epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1].startswith("error: ")
+        and "could not write the checkpoint" in err[-1]
+        and "Traceback" not in "\n".join(err)
+    )
+    monkeypatch.setattr(torch, "save", real_save)
+    last = tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # complete, from the epoch before
+    assert not list(last.parent.glob(".*.tmp"))

@@ -10,6 +10,7 @@ checkpoint's own folder, fsynced, renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -28,4 +29,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         if "://" in str(path):  # remote URLs keep Lightning's own handling
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        try:
+            atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        except RuntimeError as err:
+            # torch.save reports a full disk as RuntimeError ("PytorchStreamWriter failed writing file");
+            # as the OSError it is, the command says it in one line. The previous file is untouched.
+            reason = (str(err).strip().splitlines() or ["write failed"])[0][:160]
+            raise OSError(errno.EIO, f"could not write the checkpoint ({reason})", str(path)) from None
