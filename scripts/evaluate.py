@@ -6,7 +6,10 @@ python scripts/evaluate.py --ckpt_path tudui_9.pth --split val --tta none
 
 import sys
 
-from lightning_modules.cli.evaluate import evaluate_main
+try:
+    from lightning_modules.cli.evaluate import evaluate_main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: stop quietly, as the command would
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

@@ -8,7 +8,10 @@ python scripts/fit.py --ckpt_path last                 # resume the newest run
 
 import sys
 
-from lightning_modules.cli.fit import fit_main
+try:
+    from lightning_modules.cli.fit import fit_main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: stop quietly, as the command would
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(fit_main())

@@ -6,7 +6,10 @@ python scripts/predict.py --ckpt_path tudui_9.pth cat.png --top_k 3 --output pre
 
 import sys
 
-from lightning_modules.cli.predict import predict_main
+try:
+    from lightning_modules.cli.predict import predict_main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: stop quietly, as the command would
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(predict_main())

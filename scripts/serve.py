@@ -7,7 +7,10 @@ curl -F file=@cat.png http://127.0.0.1:8000/predict
 
 import sys
 
-from lightning_modules.cli.serve import serve_main
+try:
+    from lightning_modules.cli.serve import serve_main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: stop quietly, as the command would
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(serve_main())

@@ -6,7 +6,10 @@ python scripts/sweep.py --config configs/fast_cpu.yaml --seeds 3       # mean +-
 
 import sys
 
-from lightning_modules.cli.sweep import sweep_main
+try:
+    from lightning_modules.cli.sweep import sweep_main
+except KeyboardInterrupt:  # Ctrl-C while torch is still importing: stop quietly, as the command would
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(sweep_main())
