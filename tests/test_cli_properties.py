@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import resource
 import traceback
 from pathlib import Path
 
@@ -192,8 +193,16 @@ def outcome(main, argv: list[str]) -> tuple[int, str]:
     return status, err.getvalue()
 
 
+# Memory one command line may add to this process's peak: a value that asks for gigabytes (a
+# network, an image, a batch) must be refused before it is allocated.
+PEAK_GROWTH_KIB = 1 << 20  # 1 GiB
+
+
 def check(name: str, argv: list[str]) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     status, err = outcome(MAINS[name], argv)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < PEAK_GROWTH_KIB, f"{argv!r}: the peak memory grew by {grown / 2**20:.1f} GiB"
     event(f"exit status {status}")  # pytest --hypothesis-show-statistics: how many got past the parser
     assert status in (0, 1, 2), f"{argv!r}: exit status {status}\n{err[-2000:]}"
     assert "Traceback" not in err, f"{argv!r}:\n{err[-3000:]}"
