@@ -60,14 +60,15 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
+def upward_imports(module: str, path: Path) -> list[str]:
+    """The imports of ``module`` (read from ``path``) that name a layer above its own."""
+    own = layer_of(module)
+    return sorted(name for name in imports_of(path) if (layer_of(name) if layer_of(name) is not None else own) < own)
+
+
 @pytest.mark.parametrize("module", sorted(m for m in project_modules() if layer_of(m) is not None))
 def test_imports_point_down(module):
-    own = layer_of(module)
-    upward = [
-        name
-        for name in imports_of(project_modules()[module])
-        if (layer_of(name) if layer_of(name) is not None else own) < own
-    ]
+    upward = upward_imports(module, project_modules()[module])
     assert not upward, f"{module} imports a layer above it: {sorted(upward)}"
 
 
@@ -91,3 +92,19 @@ def test_the_undocumented_lightning_sampler_still_shards_without_padding():
     data = torch.utils.data.TensorDataset(torch.arange(10))
     shards = [list(UnrepeatedDistributedSampler(data, num_replicas=3, rank=r, shuffle=False)) for r in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("datamodules.planted", "from lightning_modules.nets import Tudui\n"),  # the bottom layer importing up
+        ("lightning_modules.inference.planted", "import lightning_modules.cli.fit\n"),
+        ("lightning_modules.callbacks.planted", "from scripts.fit import fit_main\n"),  # layer 0: the top
+    ],
+)
+def test_the_layer_rule_flags_a_planted_upward_import(tmp_path, module, source):
+    planted = tmp_path / "planted.py"
+    planted.write_text(source)
+    assert upward_imports(module, planted), f"{source.strip()} in {module} was not flagged"
+    planted.write_text("import torch\nfrom datamodules.sources import DataError\n")  # downward and outside: fine
+    assert not upward_imports(module, planted)
