@@ -241,13 +241,37 @@ def test_same_seed_same_run_and_exact_resume(tmp_path, monkeypatch, optimizer):
 # --- signals ---------------------------------------------------------------------------------
 
 
-def start_long_run(work: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
-    make_image_folder(work / "data", {"train": 30})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(work / "cache")}
-    cmd = [sys.executable, str(REPO / "scripts" / "fit.py"), "--data.data_dir", "data", "--data.val_size", "10",
-           "--data.batch_size", "4", "--trainer.max_epochs", "100000", "--test", "false", *QUIET, *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, work / "runs" / "tutorial" / "version_0" / "checkpoints"
+def default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM as a foreground process has them, even when the tests run
+    from a background shell (where SIGINT is ignored, and the child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.fixture
+def long_run(tmp_path):
+    """Starts fit.py for 100,000 epochs in tmp_path; whatever happens in the test, it is killed after."""
+    started: list[subprocess.Popen] = []
+
+    def start(*extra: str) -> tuple[subprocess.Popen, Path]:
+        make_image_folder(tmp_path / "data", {"train": 30})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        cmd = [
+            sys.executable, str(REPO / "scripts" / "fit.py"), "--data.data_dir", "data", "--data.val_size", "10",
+            "--data.batch_size", "4", "--trainer.max_epochs", "100000", "--test", "false", *QUIET, *extra,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=default_signals,
+        )  # fmt: skip
+        started.append(proc)
+        return proc, tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints"
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -261,10 +285,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_path, sig):
+def test_signal_saves_a_checkpoint_says_how_to_resume_and_exits_non_zero(tmp_path, long_run, sig):
     # No validation, so the signal always lands in training (an interrupted validation keeps the
     # epoch before: test_interrupted_in_the_last_validation_the_resume_validates_it).
-    proc, checkpoints = start_long_run(tmp_path, "--trainer.limit_val_batches", "0")
+    proc, checkpoints = long_run("--trainer.limit_val_batches", "0")
     wait_for(checkpoints / "last.ckpt", proc)
     time.sleep(1.0)  # mid-epoch, some steps after the last epoch-end checkpoint
     proc.send_signal(sig)
@@ -318,17 +342,37 @@ def test_interrupted_in_the_last_validation_the_resume_validates_it(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_sigkill_never_leaves_a_damaged_checkpoint(tmp_path):
-    # A checkpoint every step, so the kill is likely to land during a write.
-    proc, checkpoints = start_long_run(tmp_path, "--checkpoint.every_n_train_steps", "1")
-    wait_for(checkpoints / "last.ckpt", proc)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    files = list(checkpoints.glob("*.ckpt"))
-    assert files
-    for path in files:  # every visible checkpoint is complete (a killed write leaves only a hidden .tmp)
-        assert "state_dict" in torch.load(path, weights_only=True)
+def test_sigkill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_file(tmp_path):
+    # Killed at a known point: the writer has written half of the new checkpoint. A writer that
+    # overwrote the file in place would leave that half behind as last.ckpt.
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io = AtomicCheckpointIO()
+    checkpoint_io.save_checkpoint({"step": torch.tensor(1)}, path)
+    ready, told = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes, says so in the middle, and waits to be killed
+        try:
+            os.close(ready)
+
+            def half_then_wait(obj, f):
+                f.write(b"PK\x03\x04 half a checkpoint")
+                f.flush()
+                os.write(told, b"x")
+                time.sleep(60)
+
+            torch.save = half_then_wait
+            checkpoint_io.save_checkpoint({"step": torch.tensor(2)}, path)
+        finally:
+            os._exit(1)
+    os.close(told)
+    try:
+        assert os.read(ready, 1) == b"x"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready)
+    assert torch.load(path, weights_only=True)["step"].item() == 1  # the previous checkpoint, complete
+    assert [p.name for p in path.parent.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
 
 
 # --- DDP -------------------------------------------------------------------------------------
