@@ -13,31 +13,23 @@ class TensorBatches(Dataset):
     The DataLoader calls ``__getitems__`` with the sampler's batch of indices, so a batch costs
     one gather instead of ``batch_size`` ``__getitem__`` calls plus a collate. It stays a plain
     map-style dataset with a normal sampler, so Lightning can still swap in a
-    ``DistributedSampler`` for DDP.
-
-    With ``with_indices`` a batch also carries the images' indices, for augmentation that
-    depends on the image (alternating flip).
+    ``DistributedSampler`` for DDP. (Training batches come from ``DeviceBatches``.)
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, with_indices: bool = False) -> None:
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
-        self.with_indices = with_indices
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        if self.with_indices:
-            return self.images[index], self.labels[index], torch.tensor(index)
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        if self.with_indices:
-            return self.images[idx], self.labels[idx], idx
         return self.images[idx], self.labels[idx]
 
 

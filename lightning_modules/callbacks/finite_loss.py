@@ -33,9 +33,8 @@ class StopOnNonFiniteLoss(L.Callback):
             return
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        now = torch.full((), trainer.global_step, dtype=torch.int64, device=loss.device)
         bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, now, self._first_bad)
+        self._first_bad = torch.where(bad, trainer.global_step, self._first_bad)  # the step as a scalar: no new tensor
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -50,12 +49,13 @@ class StopOnNonFiniteLoss(L.Callback):
         # Every process stops together: one with a NaN would otherwise leave the others waiting.
         first_bad = int(trainer.strategy.reduce(self._first_bad.float(), reduce_op="max"))
         if first_bad < 0:
+            self._first_bad = None  # checked clean: the epoch's end does not read it back again
             return
+        message = f"the training loss became NaN or infinite at epoch {trainer.current_epoch}, step {first_bad}"
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        raise NonFiniteLossError(
-            f"the training loss became NaN or infinite at epoch {trainer.current_epoch}, step {first_bad}: "
-            f"the learning rate ({lr:g}) is likely too high for this network, or --model.mean/--model.std do not "
-            "fit the images; lower --optimizer.lr and start again (last.ckpt keeps the epoch before)"
-            if lr is not None
-            else f"the training loss became NaN or infinite at epoch {trainer.current_epoch}, step {first_bad}"
-        )
+        if lr is not None:
+            message += (
+                f": the learning rate ({lr:g}) is likely too high for this network, or --model.mean/--model.std do "
+                "not fit the images; lower --optimizer.lr and start again (last.ckpt keeps the epoch before)"
+            )
+        raise NonFiniteLossError(message)

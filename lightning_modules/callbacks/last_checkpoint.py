@@ -16,6 +16,8 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from lightning_modules.callbacks.finite_loss import NonFiniteLossError
+
 
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` after every training epoch, and on Ctrl-C, SIGTERM or a crash.
@@ -42,8 +44,6 @@ class LastCheckpoint(ModelCheckpoint):
 
     @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning_modules.callbacks.finite_loss import NonFiniteLossError
-
         if isinstance(exception, NonFiniteLossError):
             return  # the weights are NaN: last.ckpt keeps the last good epoch
         if trainer.validating:

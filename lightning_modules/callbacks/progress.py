@@ -12,6 +12,11 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 WATCHED = ("val/loss", "val/acc", "train/images_per_s")
 
 
+def shown_value(key: str, value) -> str:
+    """A metric as the bar and the lines show it: rates as whole numbers, the rest to 4 decimals."""
+    return f"{float(value):.0f}" if key.endswith("per_s") else f"{float(value):.4f}"
+
+
 def progress_bar_class_path() -> str:
     """Rich's bar for an interactive terminal; plain lines for CI logs and files (no control characters)."""
     if sys.stdout.isatty() and sys.stderr.isatty():
@@ -31,7 +36,7 @@ class LiveBar(RichProgressBar):
         for key in WATCHED:
             value = trainer.callback_metrics.get(key)
             if value is not None and key not in items:
-                items[key] = f"{float(value):.0f}" if key.endswith("per_s") else f"{float(value):.4f}"
+                items[key] = shown_value(key, value)
         return items
 
 
@@ -72,7 +77,7 @@ class LineProgress(ProgressBar):
         for key in keys:
             if key in metrics:
                 value = metrics[key]
-                shown.append(f"{key} {float(value):.0f}" if key.endswith("per_s") else f"{key} {float(value):.4f}")
+                shown.append(f"{key} {shown_value(key, value)}")
         return " | ".join(shown)
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -70,8 +70,6 @@ def default_output(ckpt_path: str, fmt: str) -> Path:
 def check_export_output(output: Path, ckpt_path: str, fmt: str, image_paths: list[str], named: bool) -> None:
     """Refuse, in one line, an output that is the checkpoint or an image of the check, a derived name
     that exists already, or a named file that is not of the format's suffix."""
-    if Path(output).resolve() == Path(ckpt_path).resolve():
-        raise UsageError(f"--output {output} is the checkpoint itself; choose another file name")
     suffix = FORMATS[fmt]
     check_output(
         output,

@@ -49,7 +49,7 @@ from lightning_modules.cli.frame import (
     one_line_errors,
     reuse_freed_memory,
 )
-from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir
+from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir, same_file
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
@@ -307,18 +307,11 @@ def check_config_bases(args) -> None:
         except (OSError, ValueError):  # not a file (a YAML string, a typo): the parser says so
             header = None
         base = path.parent / header.group(1) if header else None
-        if base is not None and not any(_same_file(base, earlier) for earlier in given):
+        if base is not None and not any(same_file(base, earlier) for earlier in given):
             raise UsageError(
                 f"{value} extends {base}: pass --config {base} --config {value} (the base first, then the override)"
             )
         given.append(path)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False
 
 
 # Lightning's own configuration errors are one line too, and so is a diverged run.
@@ -417,7 +410,7 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
     if saved.get("net") != model.hparams.get("net"):
         differs = ("network", _describe(saved.get("net")), _describe(model.hparams.get("net")))
     elif saved.get("optimizer") and _class_path(saved["optimizer"]) != _class_path(model.hparams.get("optimizer")):
-        differs = ("optimiser", saved["optimizer"].get("class_path"), model.hparams["optimizer"].get("class_path"))
+        differs = ("optimiser", _given_path(saved["optimizer"]), _given_path(model.hparams.get("optimizer")))
     if differs:
         what, before, now = differs
         raise UsageError(
@@ -462,14 +455,19 @@ def run_or_report_interruption(trainer: Trainer, run, resume_hint: bool = True) 
         run()
     except STARTING_ERRORS as err:
         # A value torch or Lightning refuses only once the run starts (a negative learning rate, a
-        # scheduler step of 0, a read-only folder): before the first step this is the configuration,
-        # not a bug, so it ends in one line. TRACEBACK=1 shows where it came from.
-        if trainer.current_epoch > 0 or os.environ.get("TRACEBACK"):  # a scheduler steps first at epoch 0's end
+        # read-only folder before the first step; a scheduler step of 0 at the end of the first epoch)
+        # is the configuration, not a bug, so it ends in one line. Later, it is a traceback as usual.
+        if trainer.current_epoch > 0 or os.environ.get("TRACEBACK"):
             raise
         reason = (str(err).strip().splitlines() or [""])[0][:300]
+        when = (
+            "could not start"
+            if trainer.global_step == 0
+            else f"failed in its first epoch, at step {trainer.global_step}"
+        )
         remove_unstarted_run(trainer)
         raise UsageError(
-            f"the run could not start: {type(err).__name__}: {reason} (check the options it names; "
+            f"the run {when}: {type(err).__name__}: {reason} (check the options it names; "
             "TRACEBACK=1 shows where it was raised)"
         ) from None
     except (KeyboardInterrupt, SystemExit, SIGTERMException):
@@ -518,6 +516,11 @@ def _class_path(spec) -> str | None:
     except (ImportError, AttributeError, ValueError):
         return path
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _given_path(spec) -> str:
+    """The class path as the configuration spelled it (any value, never an error)."""
+    return str(spec.get("class_path")) if isinstance(spec, dict) else repr(spec)
 
 
 def _describe(spec) -> str:

@@ -129,8 +129,9 @@ def run_study(argv: list[str] | None = None) -> Outcome:
     # Seeded anew for each session: with --seed alone, going on after Ctrl-C would draw the first
     # session's values again (the interrupted trial's among them).
     study.sampler = plan["sampler"](args.seed + len(study.trials))
-    todo = plan["n_trials"] - len(finished(study))
-    print(f"Study {plan['name']} in {storage}: {len(finished(study))} finished trials, {max(todo, 0)} to go",
+    done = len(finished(study))
+    todo = plan["n_trials"] - done
+    print(f"Study {plan['name']} in {storage}: {done} finished trials, {max(todo, 0)} to go",
           file=sys.stderr)  # fmt: skip
     outcome = Outcome()
     if todo > 0:

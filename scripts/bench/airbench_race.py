@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results[side] = {"skipped": skipped} if skipped else run_side(step, args, data_dir, work)
         except (SystemExit, Exception) as err:  # one side's failure (a new option, say) must not end the race
+            if isinstance(err, SystemExit) and err.code == 130:
+                raise  # Ctrl-C (the seed runner's interrupted sweep): the race stops, as the user asked
             results[side] = {"error": one_line(err)}
             print(f"error: {side}: {results[side]['error']}", flush=True)
         write_json(args.json, {"device": device, "sizes": sizes, "results": results}, say=False)
