@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.atomic_files import atomic_write
@@ -29,6 +30,18 @@ TRAIN_METRICS = ("train/acc", "train/precision", "train/recall", "train/f1")
 
 def _floats(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefixes) and "acc_per_class/" not in k}
+
+
+def run_folder(trainer) -> str | None:
+    """The run's folder (config.yaml, checkpoints/, the report), whatever the loggers: the TensorBoard
+    or CSV logger's version folder when one is first, else the Trainer's ``default_root_dir``. MLflow
+    and W&B keep no folder of their own (``trainer.log_dir`` is then their tracking store, or None),
+    so fit.py sets ``default_root_dir`` to ``runs/<name>/version_N`` for them. Every process must
+    call it under DDP (it broadcasts rank 0's answer)."""
+    log_dir = trainer.log_dir  # collective
+    if not trainer.loggers or isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger)):
+        return log_dir
+    return trainer.strategy.broadcast(str(trainer.default_root_dir))
 
 
 class RunReport(L.Callback):
@@ -207,7 +220,7 @@ class RunReport(L.Callback):
         """Write report.json, report.md and the confusion-matrix PNG into the run directory."""
         if not self.enabled:
             return None
-        run_dir = trainer.log_dir  # a collective call under DDP: every process makes it
+        run_dir = run_folder(trainer)  # a collective call under DDP: every process makes it
         if run_dir is None or not trainer.is_global_zero:
             return None
         run_dir = Path(run_dir)

@@ -25,6 +25,7 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -40,6 +41,8 @@ from lightning_modules.callbacks import (
     StopOnNonFiniteLoss,
 )
 from lightning_modules.callbacks.progress import progress_bar_class_path
+from lightning_modules.callbacks.report import run_folder
+from lightning_modules.callbacks.tracking import TrackerFiles
 from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import (
     OneLineErrors,
@@ -50,6 +53,7 @@ from lightning_modules.cli.frame import (
     reuse_freed_memory,
 )
 from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir, same_file
+from lightning_modules.cli.tracking import SaveRunConfig, logger_entries, place_run, restore_run_ids, search_root
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
@@ -129,8 +133,8 @@ class ClassifierCLI(LightningCLI):
             args=args,
             seed_everything_default=42,
             parser_class=CompactErrorParser,
-            # Resuming writes into the same run directory, so its config.yaml is rewritten.
-            save_config_kwargs={"overwrite": True},
+            # Into the run folder whatever the logger, rewritten on resume, with the trackers' run ids.
+            save_config_callback=SaveRunConfig,
             # Shortened option names are refused, not guessed: --trainer.max_epoch is not max_epochs.
             parser_kwargs={
                 "description": "Train a CIFAR-10 classifier, then test its best checkpoint.",
@@ -157,6 +161,14 @@ class ClassifierCLI(LightningCLI):
         # Always (not in trainer.callbacks, which a config file replaces as a whole): exact resume,
         # and a diverged run stops instead of reporting NaN as a result.
         trainer.callbacks[:0] = [RandomState(), StopOnNonFiniteLoss()]
+        # Last, after the report and checkpoints are written: they go to MLflow or W&B, if any.
+        trainer.callbacks.append(TrackerFiles())
+        if self.separate_run_dir:
+            # Lightning would put checkpoints under the tracker's ids (<experiment id>/<run id>/): into
+            # the run folder instead, where --ckpt_path last, evaluate.py and compare.py look.
+            for callback in trainer.checkpoint_callbacks:
+                if getattr(callback, "dirpath", "set") is None:
+                    callback.dirpath = os.path.realpath(self.run_dir / "checkpoints")
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -165,6 +177,13 @@ class ClassifierCLI(LightningCLI):
             type=str | None,
             default=None,
             help='Resume from this checkpoint; "last" picks the newest run of this logger that has last.ckpt.',
+        )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="The run's folder (config.yaml, checkpoints/, report); default: the TensorBoard or CSV logger's "
+            "save_dir/name/version_N, or for MLflow and W&B alone runs/<experiment or project>/version_N.",
         )
         parser.add_argument("--test", type=bool, default=True, help="Test the best checkpoint after fitting.")
         parser.add_argument(
@@ -194,8 +213,6 @@ class ClassifierCLI(LightningCLI):
         check_trainer_counts(trainer)
         # Never write over what the user has: another run's directory, a checkpoint outside the run.
         check_checkpoint_filename(self.config.checkpoint.filename)
-        if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
-            check_fresh_run_dir(trainer.logger, self.config.ckpt_path)
         every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
         if every and epochs and epochs > 0 and epochs % every:
             divisors = [d for d in range(1, epochs + 1) if epochs % d == 0]
@@ -203,11 +220,15 @@ class ClassifierCLI(LightningCLI):
                 f"--trainer.check_val_every_n_epoch {every} does not divide --trainer.max_epochs {epochs}, so the last "
                 f"epoch would not be validated and the best checkpoint and test would miss it; use one of {divisors}"
             )
-        logger = trainer.logger
-        if getattr(logger, "class_path", None) in CSV_LOGGERS:
-            logger.class_path = (
-                "lightning_modules.plugins.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
-            )
+        # The run folder, and MLflow's or W&B's settings (a missing extra, an unreachable server: one line now).
+        self.run_dir, self.separate_run_dir = place_run(self.config, resuming=self.config.ckpt_path is not None)
+        if rank_zero_only.rank == 0:  # DDP's other processes start after rank 0 has begun writing
+            check_fresh_run_dir(self.run_dir, self.config.ckpt_path)
+        for logger in logger_entries(trainer.logger):
+            if logger.class_path in CSV_LOGGERS:
+                logger.class_path = (
+                    "lightning_modules.plugins.resumable_csv_logger.ResumableCSVLogger"  # keeps rows on resume
+                )
         callbacks = trainer.callbacks or []
         if trainer.logger in (False, None):
             # LearningRateMonitor refuses to run without a logger; with none there is nothing to record.
@@ -218,20 +239,21 @@ class ClassifierCLI(LightningCLI):
             trainer.callbacks = [*callbacks, Namespace(class_path=progress_bar_class_path(), init_args=Namespace())]
 
     def _resolve_last(self) -> str | None:
-        """Newest ``last.ckpt`` among this logger's runs; its run directory is reused so logs continue there."""
-        logger = self.config.trainer.logger
-        init = getattr(logger, "init_args", None)
-        if init is None or getattr(init, "save_dir", None) is None:
-            raise UsageError("--ckpt_path last needs a TensorBoard or CSV logger; pass the checkpoint's path instead")
-        run_root = Path(init.save_dir) / (init.name or "")
-        candidates = sorted(run_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        """Newest ``last.ckpt`` among this logger's runs (or in ``--run_dir``); its run folder is reused
+        so logs continue there, and so are the MLflow or W&B runs it recorded."""
+        logger, run_dir = self.config.trainer.logger, self.config.run_dir
+        run_root = search_root(logger, run_dir)
+        if run_root is None:
+            raise UsageError("--ckpt_path last needs a logger or --run_dir to find the run; pass the checkpoint's path")
+        pattern = f"{Path(run_dir).name}/checkpoints/last.ckpt" if run_dir else "*/checkpoints/last.ckpt"
+        candidates = sorted(run_root.glob(pattern), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            rank_zero_info(f"No last.ckpt under {run_root}/*/checkpoints: starting a fresh run")
+            where = run_root / pattern.rpartition("/checkpoints")[0]
+            rank_zero_info(f"No last.ckpt under {where}/checkpoints: starting a fresh run")
             return None
         last = candidates[-1]
-        version = last.parent.parent.name
-        match = re.fullmatch(r"version_(\d+)", version)
-        init.version = int(match.group(1)) if match else version
+        self.config.run_dir = str(last.parent.parent)
+        restore_run_ids(logger, last.parent.parent)
         rank_zero_info(f"Resuming from {last}")
         return str(last)
 
@@ -273,13 +295,18 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
                 f"No test split in {data.hparams.data_dir}: skipping the test. Add test/<class>/ images "
                 "there (or use the official CIFAR-10 files) to evaluate."
             )
-    log_dir = trainer.log_dir  # a collective call under DDP: every process must make it
+    log_dir = run_folder(trainer)  # a collective call under DDP: every process must make it
     if trainer.is_global_zero:
         score = trainer.checkpoint_callback.best_model_score if best else None
         if best:  # a resumed run that had nothing left to train may know no score
             print(f"Best checkpoint: {best}" + (f" (val/acc {float(score):.4f})" if score is not None else ""))
         if log_dir:  # none under --trainer.fast_dev_run, which writes nothing
             print(f"Run directory: {log_dir}")
+        for entry, logger in zip(logger_entries(cli.config.trainer.logger), trainer.loggers, strict=False):
+            if isinstance(logger, MLFlowLogger):
+                init = entry.init_args
+                print(f"MLflow run {logger.run_id} ({init.run_name}) in experiment {init.experiment_name}, "
+                      f"{init.tracking_uri}")  # fmt: skip
     run_dir = Path(log_dir or trainer.default_root_dir)
     report = next(c for c in trainer.callbacks if isinstance(c, RunReport))
     return {**report.summary(trainer, run_dir), "run_dir": str(run_dir)}
@@ -432,11 +459,15 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
 def remove_unstarted_run(trainer: Trainer) -> None:
     """A fresh run that failed before its first step leaves no run folder (what it wrote: the config
     and an empty event file); a resumed run's folder is never touched."""
-    log_dir = trainer.log_dir if trainer.loggers else None
+    log_dir = run_folder(trainer) if trainer.loggers else None
     if trainer.global_step > 0 or trainer.ckpt_path or not log_dir or not trainer.is_global_zero:
         return
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger) and logger.run_id:  # the tracked run it opened: deleted too
+            with contextlib.suppress(Exception):
+                logger.experiment.delete_run(logger.run_id)
     folder = Path(log_dir)
-    written = {"config.yaml", "hparams.yaml", "metrics.csv"}
+    written = {"config.yaml", "hparams.yaml", "metrics.csv", "wandb"}
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     if all(n in written or n.startswith("events.out.tfevents.") for n in names):
         shutil.rmtree(folder, ignore_errors=True)

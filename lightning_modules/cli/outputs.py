@@ -137,11 +137,12 @@ def logger_run_dir(logger) -> Path | None:
     return Path(save_dir) / str(name) / (version if isinstance(version, str) else f"version_{version}")
 
 
-def check_fresh_run_dir(logger, ckpt_path: str | None) -> None:
+def check_fresh_run_dir(run_dir: str | os.PathLike | None, ckpt_path: str | None) -> None:
     """A fresh run (no ``--ckpt_path``) refuses, in one line, a run directory that is not empty: its
     checkpoints, config and reports would be replaced or mixed with the new run's (Lightning only
-    warns). Resuming (``--ckpt_path``, ``last`` included) writes into its own run, as it should."""
-    run_dir = logger_run_dir(logger)
+    warns). Resuming (``--ckpt_path``, ``last`` included) writes into its own run, as it should.
+    ``run_dir`` is the folder fit.py decided (None: the logger picks its next free version)."""
+    run_dir = Path(run_dir) if run_dir is not None else None
     if ckpt_path is not None or run_dir is None or not run_dir.is_dir():
         return
     with os.scandir(run_dir) as entries:
@@ -152,7 +153,8 @@ def check_fresh_run_dir(logger, ckpt_path: str | None) -> None:
     resume = f"resume it with --ckpt_path {last}" if last.is_file() else "resume a run with --ckpt_path last"
     raise UsageError(
         f"run directory {run_dir} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
-        f"{resume}, or start a fresh one with another --trainer.logger.init_args.version (null: the next free one)"
+        f"{resume}, or start a fresh one with another --trainer.logger.init_args.version (null: the next free one) "
+        "or --run_dir"
     )
 
 
