@@ -19,10 +19,12 @@ Conversions, so that the model sees what a person sees:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -41,6 +43,8 @@ MAX_PIXELS = 40_000_000
 # on 2 cores; at most 64:1, the slowest shape within the pixel limit takes well under a second.
 MAX_ASPECT = 64
 BACKGROUND = (255, 255, 255)
+# Files up to this size are read whole before decoding (a CIFAR-10 JPEG is ~1 KB, a phone photo ~3 MB).
+SMALL_FILE = 1 << 20
 
 
 class ImageFileError(Exception):
@@ -71,11 +75,7 @@ def read_image(
     else:
         stream = _open_regular_file(source, label)
     try:
-        with warnings.catch_warnings():
-            # Pillow's notes about a file ("Corrupt EXIF data", ...) would print once per image and
-            # bury predict's rows; the image is still read, or refused in one line below.
-            warnings.filterwarnings("ignore", module=r"PIL\.")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with quiet_pillow():
             with Image.open(stream, formats=FORMATS) as im:
                 if im.width * im.height > max_pixels:
                     raise ImageFileError(
@@ -91,7 +91,9 @@ def read_image(
                 # skipping the EXIF parse for files without it saves ~10% per small image.
                 if "exif" in im.info or im.format == "TIFF":
                     im = ImageOps.exif_transpose(im)
-                array = np.asarray(to_rgb(im), dtype=np.uint8)
+                rgb = im if im.mode == "RGB" else to_rgb(im)
+                pixels = bytearray(rgb.tobytes())  # one writable copy, shared by the tensor below
+                height, width = rgb.height, rgb.width
     except ImageFileError:
         raise
     except UnidentifiedImageError:
@@ -105,8 +107,40 @@ def read_image(
         raise ImageFileError(f"{label}: damaged or truncated image ({reason})") from None
     finally:
         stream.close()
-    image = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    image = torch.frombuffer(pixels, dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
     return resize(image[None], size)[0]
+
+
+# catch_warnings swaps the process's whole filter list on entry and back on exit, so two threads
+# decoding at once (predict reads in parallel) would each restore the other's list and leave Pillow's
+# filters in place, or drop them, for good. Readers share one entry instead: the first installs the
+# filters, the last one out restores the list.
+_quiet_lock = threading.Lock()
+_quiet_readers = 0
+_quiet_context: warnings.catch_warnings | None = None
+
+
+@contextlib.contextmanager
+def quiet_pillow():
+    """Pillow's notes about a file ("Corrupt EXIF data", ...) unprinted (they would come once per image
+    and bury predict's rows; the image is still read, or refused in one line), and its decompression-bomb
+    warning raised as an error; safe to enter from several threads at once."""
+    global _quiet_readers, _quiet_context
+    with _quiet_lock:
+        if _quiet_readers == 0:
+            _quiet_context = warnings.catch_warnings()
+            _quiet_context.__enter__()
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        _quiet_readers += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_readers -= 1
+            if _quiet_readers == 0:
+                _quiet_context.__exit__(None, None, None)
+                _quiet_context = None
 
 
 def _open_regular_file(source: str | os.PathLike, label: str):
@@ -130,6 +164,10 @@ def _open_regular_file(source: str | os.PathLike, label: str):
     if st.st_size == 0:
         os.close(fd)
         raise ImageFileError(f"{label}: empty file (0 bytes)")
+    if st.st_size <= SMALL_FILE:
+        # One read: Pillow's header parsing makes dozens of small reads, cheaper from memory.
+        with os.fdopen(fd, "rb") as f:
+            return io.BytesIO(f.read())
     return os.fdopen(fd, "rb")
 
 

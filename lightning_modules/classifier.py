@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
 from datamodules.sources import CIFAR10_CLASSES
-from lightning_modules.inference.model import check_tta, net_logits, normalize_uint8, tta_logits
+from lightning_modules.inference.model import check_tta, inference_layout, net_logits, normalize_uint8, tta_logits
 from lightning_modules.metrics import StageScores
+from lightning_modules.nets import build_net
 
 # The tutorial's optimiser. A plain dict (not an optimiser class) so checkpoints stay weights_only-loadable.
 DEFAULT_OPTIMIZER: dict[str, Any] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
@@ -101,6 +102,9 @@ class ImageClassifier(L.LightningModule):
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}")
         check_tta(tta, "--model.tta")
+        if isinstance(net, dict):
+            # load_from_checkpoint of a model that was built in Python passes the saved description.
+            net = build_net(net)
         with warnings.catch_warnings():
             # Lightning warns about the nn.Module argument; it is replaced by a plain description below.
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
@@ -131,7 +135,8 @@ class ImageClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
 
     def forward(self, images: Tensor) -> Tensor:
-        return net_logits(self.net, images, self.mean, self.std, self.hparams.channels_last, self._input_dtype())
+        channels_last = self.hparams.channels_last or inference_layout(images)
+        return net_logits(self.net, images, self.mean, self.std, channels_last, self._input_dtype())
 
     # True half precision (--trainer.precision bf16-true or 16-true): Lightning casts the whole module
     # to the half type before training or testing, after loading a checkpoint. As airbench does,

@@ -6,8 +6,11 @@ test-time augmentation, and ``rank`` turns logits into ``{label, probability, to
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,9 +35,20 @@ def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[d
     return records
 
 
-def read_rows(rows: Iterable[Row], size: int) -> Iterator[tuple[str, torch.Tensor | None, str | None]]:
-    """(label, image or None, error or None) per row, in order; one thread decodes ahead of the caller
-    (Pillow and torch release the GIL in their C code, so decoding overlaps the forward pass)."""
+def reading_threads() -> int:
+    """Threads that decode ahead of the forward pass: one per core, at most 4 (past that the GIL-held
+    part of decoding, Pillow's Python header parsing, is the limit)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def read_rows(
+    rows: Iterable[Row], size: int, threads: int | None = None, in_flight: int = 512
+) -> Iterator[tuple[str, torch.Tensor | None, str | None]]:
+    """(label, image or None, error or None) per row, in input order.
+
+    ``threads`` decode in parallel (Pillow's decoder and torch's resize release the GIL) and ahead of
+    the caller, so reading overlaps the forward pass; at most ``in_flight`` rows are read ahead, so a
+    folder of a million photos holds ``in_flight`` small images in memory, not a million."""
 
     def read(row: Row) -> tuple[str, torch.Tensor | None, str | None]:
         label, path, error = row
@@ -45,20 +59,35 @@ def read_rows(rows: Iterable[Row], size: int) -> Iterator[tuple[str, torch.Tenso
         except ImageFileError as err:
             return label, None, str(err)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield from pool.map(read, rows)
+    pending: deque[Future] = deque()
+    rows = iter(rows)
+    with ThreadPoolExecutor(max_workers=threads or reading_threads()) as pool:
+        try:
+            for row in itertools.islice(rows, in_flight):
+                pending.append(pool.submit(read, row))
+            while pending:
+                item = pending.popleft().result()
+                for row in itertools.islice(rows, 1):
+                    pending.append(pool.submit(read, row))
+                yield item
+        finally:  # the caller stopped early (Ctrl-C, an error): drop what was queued, do not read it
+            for future in pending:
+                future.cancel()
 
 
 def classify(
     model: InferenceClassifier, rows: Iterable[Row], top_k: int, batch_size: int, device: torch.device
 ) -> Iterator[dict]:
-    """One record per input row, in input order; images run through the model in batches."""
+    """One record per input row, in input order; images run through the model in batches while the
+    next batch is being read."""
     chunk: list[tuple[str, torch.Tensor | None, str | None]] = []
-    for item in read_rows(rows, model.image_size):
+    images = 0
+    for item in read_rows(rows, model.image_size, in_flight=max(2 * batch_size, 64)):
         chunk.append(item)
-        if sum(image is not None for _, image, _ in chunk) >= batch_size:
+        images += item[1] is not None
+        if images >= batch_size:
             yield from _classify_chunk(model, chunk, top_k, device)
-            chunk = []
+            chunk, images = [], 0
     yield from _classify_chunk(model, chunk, top_k, device)
 
 

@@ -1,14 +1,20 @@
-"""Benchmark scripts/predict.py against the classic tutorial's test.py, side by side in one run.
+"""Benchmark prediction: start-up against the classic tutorial's test.py, and throughput against the
+model's own forward rate, side by side in one run.
 
-    python scripts/bench/predict_speed.py [--images_dir DATA_DIR] [--images 10000] [--repeats 5] [--json FILE]
+    python scripts/bench/predict_speed.py [--images_dir DATA_DIR] [--images 10000] [--photos 200]
+                                          [--repeats 5] [--only startup,throughput,entries] [--json FILE]
 
-Measures, alternating the commands so that machine noise hits both alike:
-1. start-up: process start to answer for ONE image, tutorial test.py vs our predict.py (same
-   tutorial network, same weights file);
-2. throughput: predict.py on a folder of N 32x32 images (CIFAR-10 images from --images_dir/train,
-   default $DATA_DIR; synthetic JPEGs when neither is given), end to end, and predict's own
-   classify loop in this process after start-up (the model already loaded).
-Prints a table and writes JSON. Everything runs in a temporary folder.
+1. startup: process start to answer for ONE image, tutorial test.py vs our predict.py (same
+   tutorial network, same weights file), alternated so that machine noise hits both alike.
+2. throughput: predict's classify loop (after start-up: the model loaded, in this process) on a
+   folder of N 32x32 JPEGs (CIFAR-10 images from --images_dir/train, default $DATA_DIR; synthetic
+   when neither is given) and on a folder of phone-size JPEGs (4032x3024, generated), with the
+   checkpoint's TTA off and on, each against the model's own forward on a uint8 batch of 256 in
+   memory (the rate predict could reach if reading cost nothing): the share is predict / model.
+   ONNX Runtime's rate on the exported model is measured beside torch's.
+3. entries: ``ImageClassifier.load_from_checkpoint(ckpt)(images)`` (the Lightning way) against the
+   inference model predict uses, same checkpoint, same batch.
+Prints tables and writes JSON. Everything runs in a temporary folder.
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ from lightning_modules.reporting.tables import text_table  # noqa: E402
 from scripts.bench.common import (  # noqa: E402
     add_images_dir,
     add_json_option,
+    alternate,
     checkout_env,
+    chosen_parts,
     machine,
     machine_line,
+    medians,
     sample_images,
+    untrained_checkpoint,
     write_json,
 )
 
@@ -98,27 +108,114 @@ def make_images(folder: Path, n: int, images_dir: str | None) -> str:
     return f"{n} synthetic 32x32 JPEGs"
 
 
-def classify_rate(ckpt: Path, folder: Path) -> float:
+def make_photos(folder: Path, n: int) -> str:
+    """Phone-size JPEGs (4032x3024, quality 90): smooth gradients plus noise, so they compress like photos."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    h, w = 3024, 4032
+    base = (
+        np.linspace(0, 200, w, dtype=np.float32)[None, :, None] + np.linspace(0, 55, h, dtype=np.float32)[:, None, None]
+    )
+    for i in range(n):
+        tint = rng.integers(0, 60, 3).astype(np.float32)
+        noise = rng.integers(0, 24, (h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1).astype(np.float32)
+        pixels = np.clip(base + tint + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+    return f"{n} generated 4032x3024 JPEGs"
+
+
+def classify_rate(model, folder: Path) -> float:
     """Images/s of predict's classify loop over the folder, after start-up (the model loaded), in this
     process: what predict.py times, without its interpreter start, imports and checkpoint load."""
     from datamodules.image_reader import expand_inputs
-    from lightning_modules.inference.checkpoints import load_classifier
     from lightning_modules.inference.predictor import classify
 
-    device = torch.device("cpu")
-    model = load_classifier(ckpt, map_location=device)
     start = time.perf_counter()
-    records = list(classify(model, expand_inputs([str(folder)]), 1, 256, device))
+    records = list(classify(model, expand_inputs([str(folder)]), 1, 256, torch.device("cpu")))
     return sum(r["error"] is None for r in records) / (time.perf_counter() - start)
+
+
+def forward_rate(forward, batch: torch.Tensor, seconds: float = 1.0) -> float:
+    """Images/s of ``forward`` on one in-memory batch, repeated for about ``seconds`` after a warm-up."""
+    with torch.inference_mode():
+        forward(batch)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            forward(batch)
+            count += len(batch)
+    return count / (time.perf_counter() - start)
+
+
+def onnx_forward(model, work: Path, tta: str):
+    """The exported model's forward under ONNX Runtime (CPU), as predict would run it."""
+    import onnxruntime
+
+    from lightning_modules.inference.export import export_onnx
+
+    path = work / f"model_{tta}.onnx"
+    export_onnx(model, torch.zeros(2, 3, model.image_size, model.image_size, dtype=torch.uint8), path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images.numpy()})[0]
+
+
+def throughput(ckpt: Path, folders: dict[str, Path], work: Path, repeats: int) -> list[dict]:
+    """Per folder and TTA mode: the model's forward rate (torch, ONNX Runtime) and predict's loop, alternated."""
+    from lightning_modules.inference.checkpoints import load_classifier
+
+    rows = []
+    batch = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for tta in ("none", "mirror"):
+        model = load_classifier(ckpt, map_location="cpu", tta=tta)
+        ort = onnx_forward(model, work, tta)
+        for kind, folder in folders.items():
+            runs = alternate(
+                {
+                    "model": lambda m=model: forward_rate(m, batch),
+                    "onnxruntime": lambda o=ort: forward_rate(o, batch),
+                    "predict": lambda m=model, f=folder: classify_rate(m, f),
+                },
+                repeats,
+            )
+            rates = medians(runs)
+            share = statistics.median([p / m for p, m in zip(runs["predict"], runs["model"], strict=True)])
+            rows.append({"images": kind, "tta": tta, **{f"{k}_images_per_s": v for k, v in rates.items()},
+                         "predict_share_of_model": share})  # fmt: skip
+    return rows
+
+
+def entries(ckpt: Path, repeats: int) -> dict:
+    """The Lightning way to load and call a model against the inference model, same checkpoint and batch."""
+    from lightning_modules import ImageClassifier
+    from lightning_modules.inference.checkpoints import load_classifier
+
+    lightning = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    inference = load_classifier(ckpt, map_location="cpu", tta="none")
+    batch = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    runs = alternate(
+        {"lightning": lambda: forward_rate(lightning, batch), "inference": lambda: forward_rate(inference, batch)},
+        repeats,
+    )
+    rates = medians(runs)
+    ratio = statistics.median([a / b for a, b in zip(runs["lightning"], runs["inference"], strict=True)])
+    return {"load_from_checkpoint_images_per_s": rates["lightning"], "inference_model_images_per_s": rates["inference"],
+            "ratio_lightning_over_inference": ratio}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_images_dir(parser, "real images (optional)")
-    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--images", type=int, default=10000, help="small images in the throughput folder")
+    parser.add_argument("--photos", type=int, default=200, help="phone-size JPEGs in the second folder (0: none)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="startup,throughput,entries", help="comma-separated parts to run")
     add_json_option(parser, REPO / "bench" / "predict.json")
     args = parser.parse_args()
+    parts = chosen_parts(parser, args.only, ("startup", "throughput", "entries"))
+    results = {"machine": machine_line(machine()), "torch": torch.__version__, "repeats": args.repeats}
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -129,45 +226,69 @@ def main() -> None:
 
         torch.save(Tudui().state_dict(), work / "tudui.pth")
         source = make_images(work / "images", args.images, args.images_dir)
-        count = len(list((work / "images").iterdir()))
-        one = str(next((work / "images").iterdir()))
-        predict = [sys.executable, str(REPO / "scripts" / "predict.py"), "--ckpt_path", "tudui.pth"]
-        tutorial_cmd = [sys.executable, "test.py", one]
-        ours_cmd = [*predict, one, "--trainer.accelerator", "cpu"]
-        folder_cmd = [*predict, "images", "--trainer.accelerator", "cpu"]
-
-        timed(tutorial_cmd, work), timed(ours_cmd, work)  # warm-up: file cache, .pyc files
-        tutorial, ours, folder, in_process = [], [], [], []
-        for _ in range(args.repeats):
-            tutorial.append(timed(tutorial_cmd, work))
-            ours.append(timed(ours_cmd, work))
-            folder.append(timed(folder_cmd, work))
-            in_process.append(classify_rate(work / "tudui.pth", work / "images"))
-
-    med = statistics.median
-    results = {
-        "machine": machine_line(machine()),
-        "torch": torch.__version__,
-        "images": source,
-        "repeats": args.repeats,
-        "startup_tutorial_s": med(tutorial),
-        "startup_predict_s": med(ours),
-        "startup_ratio_predict_over_tutorial": med([o / t for o, t in zip(ours, tutorial, strict=True)]),
-        "folder_wall_s": med(folder),
-        "folder_images_per_s_end_to_end": count / med(folder),
-        "folder_images_per_s_after_startup": med(in_process),
-    }
-    rows = [
-        ("one image, tutorial test.py (s)", f"{results['startup_tutorial_s']:.2f}"),
-        ("one image, predict.py (s)", f"{results['startup_predict_s']:.2f}"),
-        ("start-up ratio predict/tutorial", f"{results['startup_ratio_predict_over_tutorial']:.2f}"),
-        (f"{count} images, predict.py wall (s)", f"{results['folder_wall_s']:.2f}"),
-        ("  images/s, end to end", f"{results['folder_images_per_s_end_to_end']:.0f}"),
-        ("  images/s, after start-up (predict's classify loop)", f"{results['folder_images_per_s_after_startup']:.0f}"),
-    ]
-    print(f"{results['machine']}; {source}; medians of {args.repeats}")
-    print(text_table(("", "median"), rows, right=(1,)))
+        results["images"] = source
+        print(f"{results['machine']}; {source}; medians of {args.repeats}")
+        if "startup" in parts:
+            results.update(startup(work, args.repeats))
+        if "throughput" in parts:
+            folders = {"32x32 JPEGs": work / "images"}
+            if args.photos:
+                results["photos"] = make_photos(work / "photos", args.photos)
+                folders["4032x3024 JPEGs"] = work / "photos"
+            results["throughput"] = throughput(work / "tudui.pth", folders, work, args.repeats)
+            rows = [(r["images"], r["tta"], f"{r['model_images_per_s']:.0f}", f"{r['onnxruntime_images_per_s']:.0f}",
+                     f"{r['predict_images_per_s']:.0f}", f"{r['predict_share_of_model']:.2f}")
+                    for r in results["throughput"]]  # fmt: skip
+            print("\nthroughput after start-up, images/s (model: torch forward on a uint8 batch of 256 in memory)")
+            print(
+                text_table(
+                    ("folder", "tta", "model", "onnxruntime", "predict", "predict/model"), rows, right=(2, 3, 4, 5)
+                )
+            )
+        if "entries" in parts:
+            ckpt = untrained_checkpoint(work / "tudui.ckpt", [f"c{i}" for i in range(10)])
+            results["entries"] = entries(ckpt, args.repeats)
+            e = results["entries"]
+            print("\nthe same checkpoint, a uint8 batch of 256, images/s")
+            print(text_table(("entry", "images/s"), [
+                ("ImageClassifier.load_from_checkpoint(...)(images)", f"{e['load_from_checkpoint_images_per_s']:.0f}"),
+                ("load_classifier(...)(images), as predict", f"{e['inference_model_images_per_s']:.0f}"),
+                ("ratio", f"{e['ratio_lightning_over_inference']:.2f}"),
+            ], right=(1,)))  # fmt: skip
     write_json(args.json, results)
+
+
+def startup(work: Path, repeats: int) -> dict:
+    """Process start to answer for one image: the tutorial's test.py against predict.py, alternated."""
+    images = work / "images"
+    count = len(list(images.iterdir()))
+    one = str(next(images.iterdir()))
+    predict = [sys.executable, str(REPO / "scripts" / "predict.py"), "--ckpt_path", "tudui.pth"]
+    commands = {
+        "tutorial": [sys.executable, "test.py", one],
+        "predict": [*predict, one, "--trainer.accelerator", "cpu"],
+        "folder": [*predict, "images", "--trainer.accelerator", "cpu"],
+    }
+    for command in commands.values():
+        timed(command, work)  # warm-up: file cache, .pyc files
+    runs = alternate({name: (lambda c=c: timed(c, work)) for name, c in commands.items()}, repeats)
+    figures = {
+        "startup_tutorial_s": statistics.median(runs["tutorial"]),
+        "startup_predict_s": statistics.median(runs["predict"]),
+        "startup_ratio_predict_over_tutorial": statistics.median(
+            [o / t for o, t in zip(runs["predict"], runs["tutorial"], strict=True)]
+        ),
+        "folder_wall_s": statistics.median(runs["folder"]),
+        "folder_images_per_s_end_to_end": count / statistics.median(runs["folder"]),
+    }
+    print(text_table(("start-up", "median"), [
+        ("one image, tutorial test.py (s)", f"{figures['startup_tutorial_s']:.2f}"),
+        ("one image, predict.py (s)", f"{figures['startup_predict_s']:.2f}"),
+        ("ratio predict/tutorial", f"{figures['startup_ratio_predict_over_tutorial']:.2f}"),
+        (f"{count} images, predict.py wall (s)", f"{figures['folder_wall_s']:.2f}"),
+        ("  images/s, end to end", f"{figures['folder_images_per_s_end_to_end']:.0f}"),
+    ], right=(1,)))  # fmt: skip
+    return figures
 
 
 if __name__ == "__main__":

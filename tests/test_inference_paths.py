@@ -1,0 +1,157 @@
+"""Inference at the model's speed without changing its answers: predict's parallel, bounded reading,
+thread-safe Pillow warnings, and one fast forward whichever way the model was loaded."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.image_reader import read_image
+from lightning_modules import ImageClassifier
+from lightning_modules.inference import predictor
+from lightning_modules.inference.checkpoints import load_classifier
+from lightning_modules.inference.predictor import read_rows
+from tests.helpers import make_image_folder, save_checkpoint
+
+
+def image_rows(folder, n: int) -> list:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (8 + i % 5, 9, 3), dtype=np.uint8)).save(path)
+        rows.append((str(path), path, None))
+    return rows
+
+
+def test_parallel_reading_keeps_input_order_and_each_rows_error(tmp_path):
+    rows = image_rows(tmp_path, 40)
+    rows.insert(7, ("missing.png", tmp_path / "missing.png", None))
+    rows.insert(20, ("pattern*", None, "pattern*: pattern matches no image files"))
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    rows.append(("bad.jpg", tmp_path / "bad.jpg", None))
+
+    got = list(read_rows(rows, 16, threads=4, in_flight=6))
+
+    assert [label for label, _, _ in got] == [label for label, _, _ in rows]
+    for (label, path, error), (_, image, read_error) in zip(rows, got, strict=True):
+        if error is not None or label in ("missing.png", "bad.jpg"):
+            assert image is None and read_error
+        else:
+            assert read_error is None and torch.equal(image, read_image(path, 16))
+    assert "no such file" in got[7][2] and got[20][2] == "pattern*: pattern matches no image files"
+
+
+def test_reading_ahead_is_bounded_and_stops_when_the_caller_does(tmp_path, monkeypatch):
+    rows = image_rows(tmp_path, 60)
+    started = []
+    real = predictor.read_image
+
+    def slow(path, size, name=None):
+        started.append(name)
+        time.sleep(0.01)
+        return real(path, size, name=name)
+
+    monkeypatch.setattr(predictor, "read_image", slow)
+    reader = read_rows(rows, 8, threads=2, in_flight=20)
+    next(reader)
+    time.sleep(0.6)  # time enough to read all 60, were reading not bounded
+    assert len(started) <= 21, f"{len(started)} images read for one taken: reading ahead is unbounded"
+
+    reader = read_rows(rows, 8, threads=2, in_flight=20)
+    next(reader)
+    at_close = len(started)
+    reader.close()  # the caller stops (Ctrl-C, an error): what was queued is dropped, not read
+    assert len(started) <= at_close + 2, "reads queued before the caller stopped went on"
+
+
+def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    rows = image_rows(tmp_path, 30)
+    before = list(warnings.filters)
+    for _ in range(5):
+        list(read_rows(rows, 8, threads=4, in_flight=16))
+    assert warnings.filters == before
+    errors = []
+
+    def read_many() -> None:
+        try:
+            for _, path, _ in rows:
+                read_image(path, 8)
+        except Exception as err:  # noqa: BLE001 - any failure in a thread fails the test below
+            errors.append(err)
+
+    threads = [threading.Thread(target=read_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and warnings.filters == before
+
+
+def test_a_decompression_bomb_warning_is_still_an_error_when_reading_in_threads(tmp_path, monkeypatch):
+    rows = image_rows(tmp_path, 12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # every image above 50 pixels warns in Pillow
+    got = list(read_rows(rows, 8, threads=4, in_flight=8))
+    assert all(image is None and "too large" in error for _, image, error in got)
+
+
+@pytest.fixture
+def lightning_and_inference(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", class_names=("a", "b", "c"))
+    lightning = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    inference = load_classifier(ckpt, map_location="cpu", tta="none")
+    return lightning, inference
+
+
+def test_a_model_built_in_python_loads_back_with_load_from_checkpoint(lightning_and_inference):
+    lightning, inference = lightning_and_inference
+    assert type(lightning.net).__name__ == "Tudui" and lightning.class_names == ["a", "b", "c"]
+    for ours, theirs in zip(lightning.net.state_dict().values(), inference.net.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_load_from_checkpoint_builds_only_this_projects_networks(tmp_path):
+    with pytest.raises(ValueError, match="not one of this project's: AirbenchNet, ResNet18, Tudui"):
+        ImageClassifier(net={"class_path": "os.system", "init_args": {"command": "true"}})
+
+
+def first_conv_input_layouts(model, images) -> list[bool]:
+    conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    handle = conv.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_the_lightning_forward_runs_in_the_inference_models_layout_and_gives_its_logits(lightning_and_inference):
+    lightning, inference = lightning_and_inference
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert first_conv_input_layouts(lightning, images) == [True]  # as fast as predict's model
+        assert first_conv_input_layouts(inference, images) == [True]
+        torch.testing.assert_close(lightning(images), inference(images), rtol=1e-5, atol=1e-5)
+    # Training keeps the recipe's layout (channels_last False here): gradients flow as configured.
+    assert first_conv_input_layouts(lightning.train(), images) == [False]
+
+
+def test_predict_on_a_folder_reads_in_parallel_and_answers_as_one_thread_did(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "data", {"test": 12}, suffix=".jpg")
+    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    model = load_classifier(ckpt)
+    rows = [(str(p), p, None) for p in sorted((tmp_path / "data").rglob("*.jpg"))]
+    parallel = list(predictor.classify(model, rows, 2, 5, torch.device("cpu")))
+    monkeypatch.setattr(predictor, "reading_threads", lambda: 1)
+    serial = list(predictor.classify(model, rows, 2, 5, torch.device("cpu")))
+    assert parallel == serial and [r["path"] for r in parallel] == [r[0] for r in rows]
