@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 CLASSES = ("cat", "dog", "ship")
 # One dominant colour per class, so that even a tiny run can learn something.
 CLASS_COLOURS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))
