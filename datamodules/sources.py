@@ -49,8 +49,9 @@ ARCHIVE_MAX_MEMBERS = 16
 SPLITS = ("train", "val", "test")
 # Bump when the cache layout or decoding changes, so old caches are rebuilt, not misread.
 # 3: decoded by the one image reader (image_reader.py), the same as predict and serve; val/test
-# stored in a seeded shuffled order. 4: one file per split.
-CACHE_FORMAT = 4
+# stored in a seeded shuffled order. 4: one file per split. 5: large JPEGs decoded at a reduced
+# scale (image_reader.DRAFT_MARGIN), within one grey level of the full decode.
+CACHE_FORMAT = 5
 # Seed of the order val/ and test/ folders are stored in: shuffled, so any prefix
 # (--trainer.limit_val_batches) samples every class, and fixed, so every run sees the same order.
 ORDER_SEED = 0

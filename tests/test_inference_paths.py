@@ -155,3 +155,35 @@ def test_predict_on_a_folder_reads_in_parallel_and_answers_as_one_thread_did(tmp
     monkeypatch.setattr(predictor, "reading_threads", lambda: 1)
     serial = list(predictor.classify(model, rows, 2, 5, torch.device("cpu")))
     assert parallel == serial and [r["path"] for r in parallel] == [r[0] for r in rows]
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_within_one_grey_level_of_the_whole_decode(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from datamodules.augment import resize
+
+    h, w = 1536, 2048
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    smooth = 127 + 60 * np.sin(xx / 97)[..., None] * np.array([1, 0.5, 0.2]) + 50 * np.cos(yy / 53)[..., None]
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    with Image.open(path) as im:
+        whole = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    expected = resize(whole[None], 32)[0]
+
+    decoded_sizes = []
+    real_load = JpegImagePlugin.JpegImageFile.load
+
+    def load(self):
+        decoded_sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    got = read_image(path, 32)
+    assert decoded_sizes and decoded_sizes[0][0] <= w // 4, f"decoded at {decoded_sizes[0]}: not reduced"
+    assert (got.int() - expected.int()).abs().max() <= 1
+    # Small images decode whole: a 100x100 JPEG for a 32x32 input is not reduced.
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(tmp_path / "small.jpg")
+    decoded_sizes.clear()
+    read_image(tmp_path / "small.jpg", 32)
+    assert decoded_sizes[0] == (100, 100)
