@@ -31,10 +31,13 @@ def load_run(run_dir: Path) -> dict:
     try:  # a report.json that is not fit.py's (a list, a string where a number goes): one line
         config = report.get("config") or {}
         net = (((config.get("model") or {}).get("net")) or {}).get("class_path", "?").rsplit(".", 1)[-1]
-        logger = ((config.get("trainer") or {}).get("logger") or {}).get("init_args") or {}
+        loggers = (config.get("trainer") or {}).get("logger") or {}
+        first = loggers[0] if isinstance(loggers, list) and loggers else loggers  # several: the first names the run
+        logger = first.get("init_args") or {}
+        name = logger.get("name") or logger.get("experiment_name") or "?"  # MLflow's is its experiment
         return {
             "run": str(run_dir),
-            "recipe": f"{logger.get('name', '?')} ({net})",
+            "recipe": f"{name} ({net})",
             "epochs": epochs_run(report),
             "time_s": number(report.get("wall_time_s")),
             "best_val_acc": number(report.get("best_val_acc")),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -189,6 +190,7 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
         raise UsageError("say how long to search: --n_trials N, --timeout SECONDS, or both")
     base = [a for file in args.config for a in ("--config", file)] + fit_args
     check_options(space, base, f"--space {args.space}" if args.space else "--seeds")
+    logger_args = tracker_args(base, name)
     samplers = {  # each takes its seed
         "grid": lambda seed: optuna.samplers.GridSampler({k: d.choices for k, d in space.items()}, seed=seed),
         "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
@@ -202,8 +204,31 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
     return {
         "name": name, "space": space, "base": base, "n_trials": n_trials or 10**9, "seeds": args.seeds is not None,
         "output_dir": Path(args.output_dir or Path("runs", "sweeps", name)), "sampler": samplers[sampler],
-        "pruner": pruners[pruner](), "prune": pruner != "none",
+        "pruner": pruners[pruner](), "prune": pruner != "none", "logger_args": logger_args,
     }  # fmt: skip
+
+
+def tracker_args(base: list[str], name: str) -> list[str]:
+    """With MLflow as the one logger, the study's trials are the runs of one MLflow experiment named
+    after the study (unless the configuration names one), so its UI compares them side by side."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_modules.cli.fit import ClassifierCLI
+    from lightning_modules.cli.tracking import kind
+
+    class ConfigOnly(ClassifierCLI):  # parses fit.py's options, builds nothing
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    with quiet_lightning():
+        logger = ConfigOnly(args=base).config.trainer.logger
+    default = inspect.signature(MLFlowLogger).parameters["experiment_name"].default
+    if kind(logger) == "mlflow" and logger.init_args.experiment_name == default:
+        return ["--trainer.logger.init_args.experiment_name", name]
+    return []
 
 
 def read_space(path: Path) -> dict[str, Any]:
@@ -382,9 +407,8 @@ def run_trial(trial, plan: dict[str, Any], failed: list[str] | None = None) -> f
     args = [
         *plan["base"],
         *[a for key, value in values.items() for a in (f"--{key}", str(value))],
-        "--trainer.logger.init_args.save_dir", str(plan["output_dir"]),
-        "--trainer.logger.init_args.name", "trials",
-        "--trainer.logger.init_args.version", version,
+        "--run_dir", str(plan["output_dir"] / "trials" / version),  # whatever the logger
+        *plan["logger_args"],
     ]  # fmt: skip
     print(f"Trial {trial.number}: {values}", file=sys.stderr)
     callbacks = [PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if plan["prune"] else []
@@ -476,12 +500,28 @@ def last_reported(trial) -> float | None:
 
 
 def write_best_config(best, plan: dict[str, Any], path: Path) -> Path:
-    """The best trial's full config.yaml, with its own run directory replaced by runs/<name>_best."""
+    """The best trial's full config.yaml, with its own run directory replaced by runs/<name>_best (and
+    its MLflow or W&B run by a new one)."""
+    from lightning_modules.cli.tracking import FILE_LOGGERS
+
     config = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "config.yaml").read_text())
-    logger = (config.get("trainer") or {}).get("logger")
-    if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
-        logger["init_args"].update(save_dir="runs", name=f"{plan['name']}_best", version=None)
+    trainer = config.get("trainer") or {}
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init = logger.get("init_args") if isinstance(logger, dict) else None
+        if not isinstance(init, dict):
+            continue
+        name = str(logger.get("class_path", "")).rpartition(".")[2]
+        if name == "MLFlowLogger":
+            init.update(run_name=None, run_id=None)
+        elif name == "WandbLogger":
+            init.update(save_dir="runs", name=None, id=None)
+        elif name in FILE_LOGGERS:
+            init.update(save_dir="runs", name=f"{plan['name']}_best", version=None)
+    if trainer.get("default_root_dir") == best.user_attrs["run_dir"]:
+        trainer["default_root_dir"] = None
     config["ckpt_path"] = None
+    config["run_dir"] = None
     header = (
         f"# Best of sweep {plan['name']}: trial {best.number}, val/acc {pct(best.value)}, values {best.params}.\n"
         f"#   python scripts/fit.py --config {path}\n"

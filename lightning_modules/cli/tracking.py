@@ -204,7 +204,10 @@ def check_writable(target: Path, option: str) -> None:
 
 
 def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, as Lightning names hyper-parameters in its loggers."""
+    """``{"a": {"b": 1}, "l": [{"c": 2}]}`` -> ``{"a/b": 1, "l/0/c": 2}``: the names Lightning's loggers
+    give hyper-parameters (a list of plain values stays one value)."""
+    if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
+        values = {str(i): v for i, v in enumerate(values)}
     if not isinstance(values, dict):
         return {prefix: values}
     flat: dict[str, Any] = {}
