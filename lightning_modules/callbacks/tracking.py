@@ -59,7 +59,9 @@ class TrackerFiles(L.Callback):
         files = [folder / name for name in names if (folder / name).is_file()]
         for logger in trackers:
             for path in files:
-                self._send_file(logger, path, folder)
+                # W&B keeps its own config.yaml (the parameters) in the same place: not replaced.
+                if not (isinstance(logger, WandbLogger) and path.name == "config.yaml"):
+                    self._send_file(logger, path, folder)
 
     def _send_file(self, logger, path: Path, base: Path) -> None:
         stat = path.stat()

@@ -130,7 +130,8 @@ def place_run(config, resuming: bool) -> tuple[Path | None, bool]:
     trackers = [e for e in entries if kind(e) in ("mlflow", "wandb")]
     if run_dir is None and trackers and not files:
         root, name = tracker_root(trackers[0])
-        named = trackers[0].init_args.run_name if kind(trackers[0]) == "mlflow" else trackers[0].init_args.name
+        # W&B's name is a label (the recipe's name carries over from TensorBoard's): not a folder.
+        named = trackers[0].init_args.run_name if kind(trackers[0]) == "mlflow" else None
         run_dir = root / name / (named or next_version(root / name))
     for entry in trackers:
         init = entry.init_args
