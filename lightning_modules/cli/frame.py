@@ -122,6 +122,10 @@ def config_parser(**kwargs):
     return OneLineConfigParser(**{"allow_abbrev": False, **kwargs})
 
 
+# predict.py and serve.py also run an exported model under ONNX Runtime.
+CKPT_OR_ONNX = "a .ckpt from scripts/fit.py, a tutorial .pth file, or an .onnx from scripts/export.py"
+
+
 def add_model_options(parser, *, ckpt_help: str = "a .ckpt from scripts/fit.py, or a tutorial .pth file") -> None:
     """The options every command that uses a trained model shares, declared once, with types that
     refuse bad values while parsing: ``--ckpt_path``, ``--tta`` and ``--trainer.accelerator`` (read as

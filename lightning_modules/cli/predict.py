@@ -1,7 +1,7 @@
 """The command line of scripts/predict.py: classify image files with any checkpoint.
 
-    python scripts/predict.py --ckpt_path CKPT PATH [PATH ...] [--top_k K] [--tta none|mirror|mirror_translate]
-                              [--output preds.json|preds.csv]
+    python scripts/predict.py --ckpt_path CKPT|MODEL.onnx PATH [PATH ...] [--top_k K]
+                              [--tta none|mirror|mirror_translate] [--output preds.json|preds.csv]
 
 Deliberately not a LightningCLI: prediction must start fast (the tutorial's test.py is the bar),
 so it parses with argparse, takes only ``--trainer.accelerator`` from the Trainer's options, and
@@ -16,6 +16,7 @@ written); 2 a usage error (no such checkpoint, no inputs, bad option); 130 inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -26,10 +27,12 @@ from pathlib import Path
 from datamodules.atomic_files import atomic_write
 from datamodules.image_reader import expand_inputs
 from lightning_modules.cli.frame import (
+    CKPT_OR_ONNX,
     OneLineArgumentParser,
     UsageError,
     add_model_options,
     interrupt_on_signals,
+    interrupts_held,
     one_line_errors,
     pick_device,
     positive_int,
@@ -44,7 +47,7 @@ def build_parser() -> OneLineArgumentParser:
         prog="predict.py",
         description="Classify images with a trained checkpoint (ours, or the tutorial's .pth files).",
     )
-    add_model_options(parser)
+    add_model_options(parser, ckpt_help=CKPT_OR_ONNX)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--top_k", type=positive_int, default=1, help="also list the K most likely classes (default 1)")
     parser.add_argument("--output", help="write every result to this .json or .csv file (written atomically)")
@@ -68,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
         raise UsageError(f"--output {args.output}: the file name must end in {' or '.join(OUTPUT_FORMATS)}")
     device = pick_device(args.accelerator)
-    model = load_classifier(args.ckpt_path, map_location=device, tta=args.tta)
+    if args.ckpt_path.lower().endswith(".onnx"):
+        with interrupts_held():  # onnxruntime's native module crashes the process if Ctrl-C stops its import
+            with contextlib.suppress(ImportError):  # load_classifier names the extra to install
+                import onnxruntime  # noqa: F401
+    model = load_classifier(args.ckpt_path, map_location=device, tta=args.tta, onnx=True)
     if getattr(model, "class_names_assumed", False):
         print(f"note: {args.ckpt_path} stores no class names; using CIFAR-10's", file=sys.stderr)
     top_k = min(args.top_k, model.num_classes)

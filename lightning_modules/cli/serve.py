@@ -26,6 +26,7 @@ from fastapi import HTTPException
 
 from datamodules.image_reader import MAX_PIXELS, ImageFileError, read_image
 from lightning_modules.cli.frame import (
+    CKPT_OR_ONNX,
     OneLineArgumentParser,
     UsageError,
     add_model_options,
@@ -183,7 +184,7 @@ class ClassifierAPI(ls.LitAPI):
             with contextlib.suppress(ValueError):  # not the main thread: nothing to change
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.torch_device = torch.device(device)
-        self.model = load_classifier(self.ckpt_path, map_location=self.torch_device, tta=self.tta)
+        self.model = load_classifier(self.ckpt_path, map_location=self.torch_device, tta=self.tta, onnx=True)
         self.top_k = min(self.requested_top_k, self.model.num_classes)
         print(f"Serving {self.ckpt_path} on {self.torch_device} (tta {self.model.tta})", flush=True)
 
@@ -218,7 +219,7 @@ class ClassifierAPI(ls.LitAPI):
 
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (LitServe).")
-    add_model_options(parser)
+    add_model_options(parser, ckpt_help=CKPT_OR_ONNX)
     parser.add_argument(
         "--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"), help="address to bind (loopback only)"
     )
@@ -263,7 +264,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     from lightning_modules.inference.checkpoints import load_classifier
 
     pick_device(args.accelerator)  # cuda without CUDA: one line here, not LitServer's traceback after start
-    load_classifier(args.ckpt_path)  # fail here, in one line, rather than inside a worker process
+    # Fail here, in one line, rather than inside a worker process.
+    load_classifier(args.ckpt_path, map_location="cpu", tta=args.tta, onnx=True)
     accelerator = {"gpu": "cuda"}.get(args.accelerator, args.accelerator)
     server = ls.LitServer(
         ClassifierAPI(

@@ -46,10 +46,20 @@ class CheckpointError(Exception):
 
 
 def load_classifier(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", tta: str | None = None
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", tta: str | None = None, onnx: bool = False
 ) -> InferenceClassifier:
     """An InferenceClassifier in eval mode on ``map_location``, from any accepted file (see the module
-    docstring), with the checkpoint's test-time augmentation unless ``tta`` overrides it."""
+    docstring), with the checkpoint's test-time augmentation unless ``tta`` overrides it. An ``.onnx``
+    file from scripts/export.py gives an OnnxClassifier (ONNX Runtime, CPU) with the same interface
+    where the caller takes one (``onnx``: predict and serve)."""
+    if Path(path).suffix.lower() == ".onnx":
+        if not onnx:
+            raise CheckpointError(f"{path}: .onnx files are for predict.py and serve.py; pass the checkpoint here")
+        from lightning_modules.inference.onnx_model import OnnxClassifier
+
+        if torch.device(map_location).type != "cpu":
+            raise CheckpointError(f"{path}: .onnx files run on the CPU here; pass the checkpoint to use a GPU")
+        return OnnxClassifier(path, tta)
     model = _load(Path(path))
     if tta is not None:
         try:
@@ -150,19 +160,8 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
 
 def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str], int, tuple, tuple, str]:
     """Class names, image size, mean, std and TTA from a file, range-checked before any use."""
-    names = hparams.get("class_names") or list(CIFAR10_CLASSES)
-    if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
-        raise CheckpointError(f"refused {path}: class_names must be a list of 1 to {MAX_CLASSES:,} names")
-    # Names print as one column of a tab-separated row, and an answer must say which class it is.
-    if not all(isinstance(n, str) and n.strip() and not set(n) & set("\t\r\n") for n in names):
-        raise CheckpointError(f"refused {path}: class_names must be non-empty text without tabs or line breaks")
-    if len(set(names)) != len(names):
-        raise CheckpointError(
-            f"refused {path}: class_names holds duplicates ({sorted({n for n in names if names.count(n) > 1})})"
-        )
-    size = hparams.get("image_size", 32)
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise CheckpointError(f"refused {path}: image_size {size!r} is not an integer from 1 to {MAX_IMAGE_SIZE}")
+    names = check_class_names(hparams.get("class_names") or list(CIFAR10_CLASSES), path)
+    size = check_image_size(hparams.get("image_size", 32), path)
     mean, std = hparams.get("mean", (0.0, 0.0, 0.0)), hparams.get("std", (1.0, 1.0, 1.0))
     for name, values in (("mean", mean), ("std", std)):
         if not isinstance(values, (list, tuple)) or len(values) != 3:
@@ -177,6 +176,26 @@ def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str]
     except ValueError as err:
         raise CheckpointError(f"refused {path}: {err}") from None
     return [str(n) for n in names], size, tuple(mean), tuple(std), tta
+
+
+def check_class_names(names: Any, path) -> list:
+    """A file's class names, refused unless 1 to MAX_CLASSES distinct non-empty one-line texts."""
+    if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
+        raise CheckpointError(f"refused {path}: class_names must be a list of 1 to {MAX_CLASSES:,} names")
+    # Names print as one column of a tab-separated row, and an answer must say which class it is.
+    if not all(isinstance(n, str) and n.strip() and not set(n) & set("\t\r\n") for n in names):
+        raise CheckpointError(f"refused {path}: class_names must be non-empty text without tabs or line breaks")
+    if len(set(names)) != len(names):
+        raise CheckpointError(
+            f"refused {path}: class_names holds duplicates ({sorted({n for n in names if names.count(n) > 1})})"
+        )
+    return list(names)
+
+
+def check_image_size(size: Any, path) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(f"refused {path}: image_size {size!r} is not an integer from 1 to {MAX_IMAGE_SIZE}")
+    return size
 
 
 def _check_outputs(model: InferenceClassifier, path) -> None:
