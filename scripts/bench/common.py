@@ -199,10 +199,11 @@ def free_port() -> int:
 
 def start_server(
     ckpt: str | Path, *options: str, cwd=None, log: Path | None = None, timeout_s: float = 120.0,
-    own_group: bool = False,
+    own_group: bool = False, cpus: set[int] | None = None,
 ) -> Server:  # fmt: skip
     """scripts/serve.py on a free loopback port; returns once ``GET /health`` answers ok. If the process
-    exits first or ``timeout_s`` passes, stops it and raises ServerError with the end of ``log``."""
+    exits first or ``timeout_s`` passes, stops it and raises ServerError with the end of ``log``.
+    ``cpus``: the cores it (and every process it starts) may run on (Linux)."""
     import requests
 
     port = free_port()
@@ -210,7 +211,8 @@ def start_server(
                *options]  # fmt: skip
     with open(log, "w") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
         process = subprocess.Popen(
-            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=checkout_env(), start_new_session=own_group
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=checkout_env(), start_new_session=own_group,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     server = Server(process, f"http://127.0.0.1:{port}", own_group, Path(log) if log else None)
     deadline = time.monotonic() + timeout_s
