@@ -109,7 +109,9 @@ def setting(text: str) -> tuple[int, float, int]:
         size, timeout, workers = text.split(",")
         return int(size), float(timeout), int(workers)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write max_batch_size,batch_timeout,workers (e.g. 32,0.005,1)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write max_batch_size,batch_timeout,workers (e.g. 32,0.005,1)"
+        ) from None
 
 
 def main() -> None:
@@ -134,8 +136,9 @@ def main() -> None:
         ckpt = args.ckpt_path or untrained_checkpoint(Path(tmp) / "tudui.ckpt", [f"c{i}" for i in range(10)])
         rate = model_rate(Path(ckpt), server_cores)
         for size, timeout, workers in args.settings:
+            queue = str(max(256, 2 * max(args.concurrency)))
             options = ("--max_batch_size", str(size), "--batch_timeout", str(timeout), "--workers", str(workers),
-                       "--trainer.accelerator", "cpu", "--max_queue", str(max(256, 2 * max(args.concurrency))))  # fmt: skip
+                       "--trainer.accelerator", "cpu", "--max_queue", queue)  # fmt: skip
             with serving(ckpt, *options, log=Path(tmp) / "server.log", cpus=server_cores) as server:
                 url = f"{server.url}/predict"
                 load(url, bodies, 4, 100, 20, client_core)  # warm-up
