@@ -211,7 +211,12 @@ def start_server(
                *options]  # fmt: skip
     with open(log, "w") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
         process = subprocess.Popen(
-            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=checkout_env(), start_new_session=own_group,
+            command,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=checkout_env(),
+            start_new_session=own_group,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     server = Server(process, f"http://127.0.0.1:{port}", own_group, Path(log) if log else None)
