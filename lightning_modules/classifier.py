@@ -358,7 +358,9 @@ class ImageClassifier(L.LightningModule):
         scheduler = instantiate_class(optimizer, spec)
         config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
+            # Lightning's ReduceLROnPlateau (--lr_scheduler ReduceLROnPlateau) carries the metric to follow
+            # (--lr_scheduler.monitor); torch's own has none: the validation loss.
+            config["monitor"] = getattr(scheduler, "monitor", None) or "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 

@@ -183,11 +183,6 @@ def test_reduce_lr_on_plateau_follows_the_validation_loss(tmp_path, monkeypatch)
     assert state["best"] == pytest.approx(min(e["val/loss"] for e in epochs), rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageClassifier.configure_optimizers sets the monitor to val/loss whatever "
-    "--lr_scheduler.monitor says (Lightning's ReduceLROnPlateau requires that option); issue 30",
-)
 def test_reduce_lr_on_plateau_follows_the_monitor_it_is_given(tmp_path, monkeypatch):
     lightning_plateau = ["--lr_scheduler", "ReduceLROnPlateau", "--lr_scheduler.monitor", "val/acc"]
     epochs, state = plateau_run(tmp_path, monkeypatch, *lightning_plateau, "--lr_scheduler.mode", "max")
