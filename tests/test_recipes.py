@@ -58,6 +58,9 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
         "--trainer.check_val_every_n_epoch", "2", "--trainer.log_every_n_steps", "1", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    recipe = yaml.safe_load((REPO / "configs" / "fast_cpu.yaml").read_text())
+    bias_lr_scale = recipe["model"]["bias_lr_scale"]
+    optimizer = recipe["optimizer"]["init_args"]
     # A line per epoch; the unvalidated epoch shows no validation figures rather than stale ones.
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split(" step")[0] for line in lines] == ["epoch 0/1", "epoch 1/1"]  # 0-based, as the bar
@@ -69,13 +72,14 @@ def test_fast_cpu_recipe_runs_on_tiny_data(tmp_path):
     assert last["global_step"] == 8
     schedule = last["lr_schedulers"][0]
     assert schedule["total_steps"] == 8 and schedule["last_epoch"] == 8
-    assert last["hyper_parameters"]["bias_lr_scale"] == 64.0
+    assert last["hyper_parameters"]["bias_lr_scale"] == bias_lr_scale
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    # MuonSGD's groups: the head (SGD), the filters (Muon), the biases (SGD, 64x).
+    # MuonSGD's groups: the head (SGD), the filters (Muon), the biases (SGD, bias_lr_scale times faster).
     lrs = [e.value for e in events.Scalars("lr-MuonSGD/pg1")]
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # warm-up, then decay
     filters = [e.value for e in events.Scalars("lr-MuonSGD/pg2")]
-    assert filters == pytest.approx([lr * 0.08 / 0.375 for lr in lrs])  # one schedule for both parts
-    assert max(e.value for e in events.Scalars("lr-MuonSGD/pg3")) == pytest.approx(64 * max(lrs))
+    # One schedule for both parts: the filters' lr is the head's scaled by muon_lr / lr throughout.
+    assert filters == pytest.approx([lr * optimizer["muon_lr"] / optimizer["lr"] for lr in lrs])
+    assert max(e.value for e in events.Scalars("lr-MuonSGD/pg3")) == pytest.approx(bias_lr_scale * max(lrs))
     assert len(events.Scalars("val/acc")) == 1
