@@ -1,16 +1,19 @@
-"""scripts/fit.py end to end, in a subprocess, as a user runs it."""
+"""scripts/fit.py end to end, in a subprocess, as a user runs it; its one-line errors and --print_config in-process."""
 
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, make_image_folder, run_script
+from helpers import REPO, exit_status, make_image_folder, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_modules.cli.fit import fit_main
 
 TINY = [
     "--data.val_size", "12",
@@ -59,8 +62,9 @@ def test_fit_trains_tests_and_reports(first_run):
 
 
 @pytest.mark.slow
-def test_resume_from_last_continues_the_run(first_run):
-    work, _ = first_run
+def test_resume_from_last_continues_the_run(first_run, tmp_path):
+    # In a copy: the module's run stays as test_fit_trains_tests_and_reports expects it, in any order.
+    work = shutil.copytree(first_run[0], tmp_path / "work", symlinks=True)
     run_dir = work / "runs" / "tutorial" / "version_0"
     before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     result = run_script(
@@ -89,29 +93,39 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
     assert (tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_missing_data_dir_is_one_line(tmp_path):
-    result = run_script("fit.py", "--data.data_dir", "nowhere", "--data.download", "false", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: data_dir nowhere does not exist")
+# In this process (fit_main), not as scripts: a Python start costs ~10 s; the script itself runs above.
 
 
-def test_tutorial_yaml_is_the_default(tmp_path):
-    default = run_script("fit.py", "--print_config", cwd=tmp_path)
-    tutorial = str(REPO / "configs" / "tutorial.yaml")
-    from_yaml = run_script("fit.py", "--config", tutorial, "--print_config", cwd=tmp_path)
-    assert default.returncode == 0 and from_yaml.returncode == 0, default.stderr + from_yaml.stderr
-    assert from_yaml.stdout == default.stdout
+def test_missing_data_dir_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert exit_status(fit_main, ["--data.data_dir", "nowhere", "--data.download", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: data_dir nowhere does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def print_config(capsys, *args: str) -> str:
+    assert exit_status(fit_main, [*args, "--print_config"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out, captured.err
+    return captured.out
+
+
+def test_tutorial_yaml_is_the_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    default = print_config(capsys)
+    assert print_config(capsys, "--config", str(REPO / "configs" / "tutorial.yaml")) == default
     for expected in ("class_path: lightning_modules.nets.Tudui", "lr: 0.01", "batch_size: 64", "max_epochs: 10"):
-        assert expected in default.stdout
+        assert expected in default
 
 
-def test_overrides_reach_the_config(tmp_path):
-    result = run_script(
-        "fit.py", "--optimizer", "AdamW", "--optimizer.lr", "0.002", "--model.label_smoothing", "0.1",
-        "--data.flip", "true", "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path,
+def test_overrides_reach_the_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    printed = print_config(
+        capsys, "--optimizer", "AdamW", "--optimizer.lr", "0.002", "--model.label_smoothing", "0.1",
+        "--data.flip", "true", "--trainer.max_epochs", "3",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     expected_lines = (
         "class_path: torch.optim.AdamW",
         "lr: 0.002",
@@ -120,7 +134,7 @@ def test_overrides_reach_the_config(tmp_path):
         "max_epochs: 3",
     )
     for expected in expected_lines:
-        assert expected in result.stdout
+        assert expected in printed
 
 
 X86_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw{}\nbogomips\t: 4000\n"
