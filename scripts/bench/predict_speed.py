@@ -11,7 +11,7 @@ model's own forward rate, side by side in one run.
    when neither is given) and on a folder of phone-size JPEGs (4032x3024, generated), with the
    checkpoint's TTA off and on, each against the model's own forward on a uint8 batch of 256 in
    memory (the rate predict could reach if reading cost nothing): the share is predict / model.
-   ONNX Runtime's rate on the exported model is measured beside torch's.
+   ONNX Runtime's forward and predict on the exported .onnx file are measured beside torch's.
 3. entries: ``ImageClassifier.load_from_checkpoint(ckpt)(images)`` (the Lightning way) against the
    inference model predict uses, same checkpoint, same batch.
 Prints tables and writes JSON. Everything runs in a temporary folder.
@@ -149,17 +149,14 @@ def forward_rate(forward, batch: torch.Tensor, seconds: float = 1.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def onnx_forward(model, work: Path, tta: str):
-    """The exported model's forward under ONNX Runtime (CPU), as predict would run it."""
-    import onnxruntime
-
+def onnx_model(model, work: Path, tta: str):
+    """The model exported to ONNX and loaded as predict loads an .onnx file (ONNX Runtime, CPU)."""
     from lightning_modules.inference.export import export_onnx
+    from lightning_modules.inference.onnx_model import OnnxClassifier
 
     path = work / f"model_{tta}.onnx"
     export_onnx(model, torch.zeros(2, 3, model.image_size, model.image_size, dtype=torch.uint8), path)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda images: session.run(None, {name: images.numpy()})[0]
+    return OnnxClassifier(path)
 
 
 def throughput(ckpt: Path, folders: dict[str, Path], work: Path, repeats: int) -> list[dict]:
@@ -170,20 +167,22 @@ def throughput(ckpt: Path, folders: dict[str, Path], work: Path, repeats: int) -
     batch = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for tta in ("none", "mirror"):
         model = load_classifier(ckpt, map_location="cpu", tta=tta)
-        ort = onnx_forward(model, work, tta)
+        ort = onnx_model(model, work, tta)
         for kind, folder in folders.items():
             runs = alternate(
                 {
                     "model": lambda m=model: forward_rate(m, batch),
                     "onnxruntime": lambda o=ort: forward_rate(o, batch),
                     "predict": lambda m=model, f=folder: classify_rate(m, f),
+                    "predict_onnx": lambda o=ort, f=folder: classify_rate(o, f),
                 },
                 repeats,
             )
-            rates = medians(runs)
-            share = statistics.median([p / m for p, m in zip(runs["predict"], runs["model"], strict=True)])
-            rows.append({"images": kind, "tta": tta, **{f"{k}_images_per_s": v for k, v in rates.items()},
-                         "predict_share_of_model": share})  # fmt: skip
+            row = {"images": kind, "tta": tta, **{f"{k}_images_per_s": v for k, v in medians(runs).items()}}
+            for name in ("predict", "predict_onnx"):
+                shares = [p / m for p, m in zip(runs[name], runs["model"], strict=True)]
+                row[f"{name}_share_of_model"] = statistics.median(shares)
+            rows.append(row)
     return rows
 
 
@@ -237,14 +236,12 @@ def main() -> None:
                 folders["4032x3024 JPEGs"] = work / "photos"
             results["throughput"] = throughput(work / "tudui.pth", folders, work, args.repeats)
             rows = [(r["images"], r["tta"], f"{r['model_images_per_s']:.0f}", f"{r['onnxruntime_images_per_s']:.0f}",
-                     f"{r['predict_images_per_s']:.0f}", f"{r['predict_share_of_model']:.2f}")
+                     f"{r['predict_images_per_s']:.0f}", f"{r['predict_share_of_model']:.2f}",
+                     f"{r['predict_onnx_images_per_s']:.0f}", f"{r['predict_onnx_share_of_model']:.2f}")
                     for r in results["throughput"]]  # fmt: skip
-            print("\nthroughput after start-up, images/s (model: torch forward on a uint8 batch of 256 in memory)")
-            print(
-                text_table(
-                    ("folder", "tta", "model", "onnxruntime", "predict", "predict/model"), rows, right=(2, 3, 4, 5)
-                )
-            )
+            print("\nthroughput after start-up, images/s; share: of the model's own rate (torch forward, batch 256)")
+            headers = ("folder", "tta", "model", "onnxruntime", "predict", "share", "predict .onnx", "share")
+            print(text_table(headers, rows, right=(2, 3, 4, 5, 6, 7)))
         if "entries" in parts:
             ckpt = untrained_checkpoint(work / "tudui.ckpt", [f"c{i}" for i in range(10)])
             results["entries"] = entries(ckpt, args.repeats)
