@@ -92,6 +92,17 @@ def alternate(variants: dict[str, Callable[[], float]], repeats: int, show=None)
     return runs
 
 
+def forward_rate(forward, batch: torch.Tensor, seconds: float = 1.0) -> float:
+    """Images/s of ``forward`` on one in-memory batch, repeated for about ``seconds`` after a warm-up."""
+    with torch.inference_mode():
+        forward(batch)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            forward(batch)
+            count += len(batch)
+    return count / (time.perf_counter() - start)
+
+
 def medians(runs: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in runs.items()}
 

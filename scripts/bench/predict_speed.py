@@ -40,6 +40,7 @@ from scripts.bench.common import (  # noqa: E402
     alternate,
     checkout_env,
     chosen_parts,
+    forward_rate,
     machine,
     machine_line,
     medians,
@@ -136,17 +137,6 @@ def classify_rate(model, folder: Path) -> float:
     start = time.perf_counter()
     records = list(classify(model, expand_inputs([str(folder)]), 1, 256, torch.device("cpu")))
     return sum(r["error"] is None for r in records) / (time.perf_counter() - start)
-
-
-def forward_rate(forward, batch: torch.Tensor, seconds: float = 1.0) -> float:
-    """Images/s of ``forward`` on one in-memory batch, repeated for about ``seconds`` after a warm-up."""
-    with torch.inference_mode():
-        forward(batch)
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            forward(batch)
-            count += len(batch)
-    return count / (time.perf_counter() - start)
 
 
 def onnx_model(model, work: Path, tta: str):

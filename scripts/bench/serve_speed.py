@@ -35,6 +35,7 @@ from scripts.bench.common import (  # noqa: E402
     ServerError,
     add_images_dir,
     add_json_option,
+    forward_rate,
     machine,
     machine_line,
     sample_images,
@@ -77,13 +78,7 @@ def model_rate(ckpt: Path, server_cores: set[int] | None, seconds: float = 2.0) 
     try:
         model = load_classifier(ckpt, map_location="cpu")
         batch = torch.randint(0, 256, (256, 3, model.image_size, model.image_size), dtype=torch.uint8)
-        with torch.inference_mode():
-            model(batch)
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                model(batch)
-                count += len(batch)
-        return count / (time.perf_counter() - start)
+        return forward_rate(model, batch, seconds)
     finally:
         if before:
             os.sched_setaffinity(0, before)
