@@ -188,15 +188,6 @@ def test_class_folder_missing_from_a_split(tmp_path, cache_dir):
     assert "ship missing from val/" in one_line(err)
 
 
-def test_unreadable_image_is_named(tmp_path, cache_dir):
-    root = make_image_folder(tmp_path / "d", {"train": 2})
-    bad = root / "train" / "dog" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    with pytest.raises(DataError) as err:
-        sources.load(root, cache_dir=cache_dir, log=lambda m: None)
-    assert str(bad) in one_line(err) and "fix or remove" in one_line(err)
-
-
 def test_download_failure_offline_names_both_ways_out(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
     from torchvision.datasets import cifar
