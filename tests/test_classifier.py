@@ -199,8 +199,7 @@ def test_tta_averages_the_views_and_only_outside_training():
     model.train()
     _, preds, _ = model.shared_step(batch())
     assert torch.equal(preds, model(images).argmax(-1))  # training sees the plain view
-    shifted = make_model(tta="mirror_translate").eval()
-    assert tta_logits(shifted, images, "mirror_translate").shape == (len(images), 3)
+    # mirror_translate's views, by value: test_tta.py.
 
 
 def test_validation_and_test_score_in_float32_under_mixed_precision():
