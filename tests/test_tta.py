@@ -33,6 +33,9 @@ from lightning_modules.inference.model import tta_logits, tta_views
 TEST_PER_CLASS = 12
 # Two ways of running every path: with the checkpoint's own TTA (no option) and with --tta none.
 TTA_OPTIONS = {"checkpoint": [], "none": ["--tta", "none"]}
+# Every path on the CPU, as the exported model runs: on a GPU, TF32 convolutions would move the
+# probabilities by more than the 1e-5 compared here (tests/test_gpu.py covers the devices).
+ON_CPU = ["--trainer.accelerator", "cpu"]
 
 
 def lopsided_folder(root, per_split: dict[str, int]) -> None:
@@ -89,7 +92,7 @@ def lopsided(tmp_path_factory):
         code = fit_main([
             "--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache"),
             "--data.val_size", "12", "--data.batch_size", "8", "--model.tta", "mirror_translate",
-            "--optimizer.lr", "0.05", "--optimizer.momentum", "0.9", "--trainer.max_epochs", "2",
+            "--optimizer.lr", "0.05", "--optimizer.momentum", "0.9", "--trainer.max_epochs", "2", *ON_CPU,
             "--trainer.logger.init_args.save_dir", str(work / "runs"),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         ])  # fmt: skip
@@ -141,7 +144,8 @@ def test_evaluate_agrees_image_by_image(lopsided, tmp_path, monkeypatch, tta):
     store: dict[bytes, torch.Tensor] = {}
     monkeypatch.setattr(classifier_module, "tta_logits", recording_tta_logits(store))
     out = tmp_path / "eval"
-    args = ["--ckpt_path", best, "--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache")]
+    data = ["--data.data_dir", str(work / "data"), "--data.cache_dir", str(work / "cache")]
+    args = ["--ckpt_path", best, *data, *ON_CPU]
     assert evaluate_main([*args, *TTA_OPTIONS[tta], "--output_dir", str(out)]) == 0
     scores = by_file(files, store)
     assert_same_scores(scores, expected(lopsided, tta), f"evaluate.py ({tta})")
@@ -153,7 +157,7 @@ def test_evaluate_agrees_image_by_image(lopsided, tmp_path, monkeypatch, tta):
 def test_predict_agrees_image_by_image(lopsided, tmp_path, capsys, tta):
     work, best, files, *_ = lopsided
     out = tmp_path / "preds.json"
-    argv = ["--ckpt_path", best, str(work / "data" / "test"), "--top_k", "3", "--output", str(out)]
+    argv = ["--ckpt_path", best, str(work / "data" / "test"), "--top_k", "3", "--output", str(out), *ON_CPU]
     assert predict_main([*argv, *TTA_OPTIONS[tta]]) == 0
     scores = {}
     for record in json.loads(out.read_text()):
@@ -185,7 +189,7 @@ def test_serve_agrees_image_by_image(lopsided, monkeypatch, tta):
     _, best, files, *_ = lopsided
     monkeypatch.setattr(serve_module.ls, "LitServer", CapturedServer)
     monkeypatch.setattr(CapturedServer, "built", [])
-    assert serve_module.serve_main(["--ckpt_path", best, "--trainer.accelerator", "cpu", *TTA_OPTIONS[tta]]) == 0
+    assert serve_module.serve_main(["--ckpt_path", best, *ON_CPU, *TTA_OPTIONS[tta]]) == 0
     (api,) = CapturedServer.built
     api.setup("cpu")
     scores = {}
