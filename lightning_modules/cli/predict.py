@@ -20,13 +20,19 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from datamodules.atomic_files import atomic_write
-from datamodules.image_reader import expand_inputs
-from lightning_modules.cli.frame import (
+# Before torch loads OpenMP: its idle threads then sleep at once instead of spinning for the core
+# the reading threads need between forward passes (+10-15% images/s on 2 cores, the model's own
+# rate unchanged; scripts/bench/predict_speed.py). A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from datamodules.atomic_files import atomic_write  # noqa: E402 - torch loads here
+from datamodules.image_reader import expand_inputs  # noqa: E402
+from lightning_modules.cli.frame import (  # noqa: E402
     CKPT_OR_ONNX,
     OneLineArgumentParser,
     UsageError,
