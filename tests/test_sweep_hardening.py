@@ -55,7 +55,7 @@ def fake_fit(monkeypatch, behaviour=lambda lr: None) -> list[float]:
         options = dict(zip(args[::2], args[1::2], strict=False))
         lr = float(options[f"--{LR}"])
         calls.append(lr)
-        run_dir = Path(*(options[f"--trainer.logger.init_args.{k}"] for k in ("save_dir", "name", "version")))
+        run_dir = Path(options["--run_dir"])  # each trial's folder, as sweep.py names it
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"init_args": {"lr": lr}}}))
         behaviour(lr)
