@@ -27,8 +27,10 @@ from pathlib import Path
 
 # Before torch loads OpenMP: its idle threads then sleep at once instead of spinning for the core
 # the reading threads need between forward passes (+10-15% images/s on 2 cores, the model's own
-# rate unchanged; scripts/bench/predict_speed.py). A value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# rate unchanged; scripts/bench/predict_speed.py). A value the user set wins; imported after torch
+# (a test, a notebook), it would change nothing here and only the processes started later.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from datamodules.atomic_files import atomic_write  # noqa: E402 - torch loads here
 from datamodules.image_reader import expand_inputs  # noqa: E402
