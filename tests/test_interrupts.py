@@ -171,3 +171,27 @@ def test_ctrl_c_while_the_script_is_still_importing_is_quiet(tmp_path, script):
     if proc.returncode == 0:
         pytest.skip("the imports finished before the signal (a fast machine); nothing to check")
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("exporter_does", ["swallows it", "turns it into its own error"])
+def test_a_signal_inside_the_onnx_exporter_still_stops_export(tmp_path, monkeypatch, exporter_does):
+    """torch's exporter catches a KeyboardInterrupt raised while it imports torch._dynamo: it then fails
+    with its own error, or (seen once in CI) finishes as if nothing happened. Either way export stops
+    as interrupted and leaves nothing behind."""
+    from lightning_modules.cli import export as export_cli
+
+    ckpt = save_checkpoint(tmp_path / "m.ckpt")
+    received: list[int] = []
+
+    def exporter(model, example, path):
+        received.append(signal.SIGTERM)  # what interrupt_on_signals records before raising
+        path.write_bytes(b"half an onnx file")
+        if exporter_does == "turns it into its own error":
+            raise RuntimeError("Failed to export the model with torch.export")
+
+    monkeypatch.setattr(export_cli, "export_onnx", exporter)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_cli.export(str(ckpt), "onnx", out / "m.onnx", [], signals=received)
+    assert list(out.iterdir()) == []  # no m.onnx, no temporary file

@@ -98,10 +98,12 @@ def check_free_space(folder: Path, model: torch.nn.Module) -> None:
 
 
 def export(
-    ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None, named: bool = True
-) -> tuple[float, float, int, str]:
+    ckpt_path: str, fmt: str, output: Path, image_paths: list[str], tta: str | None = None, named: bool = True,
+    signals: list[int] | None = None,
+) -> tuple[float, float, int, str]:  # fmt: skip
     """Export, check parity, and move the file into place only if it passed; returns the parity figures.
-    ``named``: the user chose ``output`` (else it was derived from the checkpoint and must not exist)."""
+    ``named``: the user chose ``output`` (else it was derived from the checkpoint and must not exist).
+    ``signals``: those received so far (``interrupt_on_signals``), checked after the exporter ran."""
     from lightning_modules.inference.checkpoints import load_classifier
 
     check_export_output(output, ckpt_path, fmt, image_paths, named)
@@ -122,7 +124,14 @@ def export(
             fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
             os.close(fd)
             tmp = Path(tmp_name)
-        (export_onnx if fmt == "onnx" else export_torchscript)(model, images[:2], tmp)
+        try:
+            (export_onnx if fmt == "onnx" else export_torchscript)(model, images[:2], tmp)
+        except Exception:
+            if signals:  # a KeyboardInterrupt inside torch's exporter comes out as its own error
+                raise KeyboardInterrupt from None
+            raise
+        if signals:  # or is swallowed while it imports torch._dynamo: stop as interrupted all the same
+            raise KeyboardInterrupt
         diff, limit, mismatches = parity(model, tmp, fmt, images)
         if diff <= limit and mismatches == 0:
             make_readable(tmp)
@@ -148,12 +157,16 @@ def build_parser() -> OneLineArgumentParser:
 
 
 @one_line_errors(interrupted="nothing was written")
-@interrupt_on_signals()  # SIGTERM as Ctrl-C: export's finally removes the temporary files
 def export_main(argv: list[str] | None = None) -> int:
+    with interrupt_on_signals() as signals:  # SIGTERM as Ctrl-C: export's finally removes the temporary files
+        return _export_main(argv, signals)
+
+
+def _export_main(argv: list[str] | None, signals: list[int]) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
     diff, limit, mismatches, described = export(
-        args.ckpt_path, args.format, output, args.images, args.tta, named=bool(args.output)
+        args.ckpt_path, args.format, output, args.images, args.tta, named=bool(args.output), signals=signals
     )
     verdict = "passed" if diff <= limit and mismatches == 0 else "FAILED"
     print(
