@@ -53,7 +53,14 @@ from lightning_modules.cli.frame import (
     reuse_freed_memory,
 )
 from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir, same_file
-from lightning_modules.cli.tracking import SaveRunConfig, logger_entries, place_run, restore_run_ids, search_root
+from lightning_modules.cli.tracking import (
+    SaveRunConfig,
+    finish_wandb_runs,
+    logger_entries,
+    place_run,
+    restore_run_ids,
+    search_root,
+)
 from lightning_modules.nets import NETS  # also registers the networks, so --model.net Tudui resolves
 from lightning_modules.optim.muon_sgd import MuonSGD  # noqa: F401  (registered, so --optimizer MuonSGD resolves)
 from lightning_modules.plugins.atomic_checkpoint_io import AtomicCheckpointIO
@@ -281,6 +288,16 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     warn_slow_cpu_bf16(trainer)
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
+    try:
+        result = fit_and_test(cli, trainer, model, data, resume_hint)
+    except BaseException:
+        finish_wandb_runs(trainer, exit_code=1)
+        raise
+    finish_wandb_runs(trainer, exit_code=0)
+    return result
+
+
+def fit_and_test(cli, trainer: Trainer, model, data, resume_hint: bool) -> dict[str, Any]:
     run_or_report_interruption(
         trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path), resume_hint
     )

@@ -262,3 +262,12 @@ class SaveRunConfig(SaveConfigCallback):
                     client.set_tag(run_id, "run_dir", str(Path(self.folder).absolute()))
             elif isinstance(logger, WandbLogger):
                 logger.log_hyperparams(yaml.safe_load(values))
+
+
+def finish_wandb_runs(trainer, exit_code: int) -> None:
+    """End this process's W&B runs, as the end of the process would: Lightning leaves them open, so the
+    next fit in the same process (a sweep's next trial) would log into the same W&B run."""
+    if trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish(exit_code=exit_code)  # the active run, if one was started; else nothing

@@ -1,0 +1,84 @@
+"""Weights & Biases as fit.py's logger, offline (nothing leaves the machine): the metrics, the config
+and the artifacts land in the offline run inside the run folder, read back from the files W&B wrote
+(docs/experiments.md, "Weights & Biases")."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from helpers import make_image_folder
+
+from lightning_modules.cli.fit import fit_main
+
+pytest.importorskip("wandb", reason="pip install -e '.[track]'")
+pytestmark = pytest.mark.slow
+
+BLOCK, HEADER = 32768, 7  # W&B's run log: LevelDB's log format, 32 KiB blocks, 7-byte record headers
+
+
+def run_log_records(path: Path) -> list:
+    """The protobuf records of an offline run's ``run-*.wandb`` log (wandb 0.31 reads it in Go only)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run log"
+    pos, chunks, pending = HEADER, [], b""
+    while pos + HEADER <= len(data):
+        space = BLOCK - pos % BLOCK
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if space < HEADER or kind == 0:  # the rest of a block is padding
+            pos += space
+            continue
+        chunk, pos = data[pos + HEADER : pos + HEADER + length], pos + HEADER + length
+        if kind == 1:  # a whole record
+            chunks.append(chunk)
+        elif kind in (2, 3):  # first or middle piece
+            pending = (pending if kind == 3 else b"") + chunk
+        else:  # last piece
+            chunks.append(pending + chunk)
+    records = []
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def test_an_offline_run_holds_the_metrics_config_and_artifacts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    make_image_folder(tmp_path / "data", {"train": 6})
+    args = [
+        "--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "6", "--trainer.max_epochs", "2",
+        "--test", "false", "--trainer.logger", "WandbLogger", "--trainer.logger.project", "tiny",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    assert fit_main(args) == 0
+
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"  # the project's run folder, whatever the logger
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "config.yaml").is_file()
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    files = offline / "files"
+    for name in ("report.json", "report.md", "confusion_matrix.png", "acc_per_class.png", "checkpoints/best.ckpt"):
+        assert (files / name).is_file(), f"{name} is not among the run's files"
+
+    records = run_log_records(next(offline.glob("run-*.wandb")))
+    history = [
+        {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    validation = [h for h in history if "val/acc" in h]
+    epochs = json.loads((run_dir / "report.json").read_text())["epochs"]
+    assert [h["epoch"] for h in validation] == [e["epoch"] for e in epochs] == [0, 1]
+    for logged, reported in zip(validation, epochs, strict=True):  # TensorBoard's names, the same values
+        assert logged["val/loss"] == pytest.approx(reported["val/loss"], rel=1e-6)
+        assert logged["val/acc"] == pytest.approx(reported["val/acc"], rel=1e-6)
+    assert sum("train/loss" in h for h in history) == 2
+    config = {(i.key or "/".join(i.nested_key)) for r in records if r.WhichOneof("record_type") == "config"
+              for i in r.config.update}  # fmt: skip
+    assert {"trainer", "model", "data", "optimizer"} <= config
