@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import signal
@@ -168,3 +169,11 @@ class InterruptValidationOfEpoch1(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.current_epoch == 1 and not trainer.sanity_checking:
             raise KeyboardInterrupt
+
+
+def load_bench_script(name: str):
+    """scripts/bench/<name>.py imported as a module, so a test calls its functions in-process."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

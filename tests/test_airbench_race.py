@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from helpers import REPO, make_image_folder
+from helpers import REPO, load_bench_script, make_image_folder
 
 
 def load_race():
-    spec = importlib.util.spec_from_file_location("airbench_race", REPO / "scripts" / "bench" / "airbench_race.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("airbench_race")
 
 
 def test_export_writes_fit_splits_in_airbench_format(tmp_path, monkeypatch):

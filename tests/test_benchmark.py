@@ -3,20 +3,16 @@ pixels, a tiny run of each part writes its figures; the shared options, seed run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, make_image_folder, run_script
+from helpers import REPO, load_bench_script, make_image_folder, run_script
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "bench" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("train_speed")
 
 
 def test_tutorial_style_dataset_is_totensor_of_the_same_images():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from types import SimpleNamespace
 
 import pytest
-from helpers import REPO, make_image_folder
+from helpers import load_bench_script, make_image_folder
 from torch.autograd import DeviceType
 
 TINY = (
@@ -19,10 +18,7 @@ TINY = (
 
 
 def load_profile():
-    spec = importlib.util.spec_from_file_location("gpu_profile", REPO / "scripts" / "bench" / "gpu_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("gpu_profile")
 
 
 @pytest.fixture

@@ -4,20 +4,16 @@ connections, and counts a server's failures instead of timing them as answers.""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import load_bench_script
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("http_load", REPO / "scripts" / "bench" / "http_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("http_load")
 
 
 @pytest.fixture
