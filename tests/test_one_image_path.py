@@ -9,7 +9,7 @@ from PIL import Image
 
 from datamodules import sources
 from lightning_modules.inference.checkpoints import load_classifier
-from lightning_modules.inference.predictor import read_rows
+from lightning_modules.inference.predictor import batch, read_rows
 
 
 def awkward_files(folder) -> list[str]:
@@ -39,7 +39,7 @@ def test_training_and_predict_read_awkward_files_bit_identically(tmp_path):
     Image.new("RGB", (32, 32)).save(root / "train" / "dog" / "plain.png")  # a second class
     data = sources.load(root, cache_dir=tmp_path / "cache", log=lambda m: None)
     rows = [(name, root / "train" / "cat" / name, None) for name in names]
-    predicted = [image for _, image, error in read_rows(rows, 32) if error is None]
+    predicted = [batch([pixels], 32)[0] for _, pixels, error in read_rows(rows, 32) if error is None]
     assert len(predicted) == len(names) == len(data.train) - 1
     for name, trained, served in zip(names, data.train.images[: len(names)], predicted, strict=True):
         assert torch.equal(trained, served), f"{name}: training and predict see different pixels"
