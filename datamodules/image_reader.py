@@ -15,6 +15,12 @@ Conversions, so that the model sees what a person sees:
 - CMYK and grayscale become RGB; 16-bit and 32-bit images are scaled to 8 bits, not clipped;
 - the result is resized to ``size`` x ``size`` by ``augment.resize`` (bilinear, antialiased), the
   resize progressive resizing uses too.
+
+A plain JPEG (8-bit, grayscale or colour, no EXIF or Adobe segment) small enough to decode whole,
+every CIFAR-10 file, skips Pillow's Python header parser: its frame header is read by
+``jpeg_header`` and the whole file goes to Pillow's libjpeg decoder in one call, the same decoder
+and settings, so the same pixels (tests/test_plain_jpeg.py); anything else, or anything that fails
+there, takes the full path.
 """
 
 from __future__ import annotations
@@ -145,8 +151,8 @@ def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> tuple[bytes, 
     CIFAR-10 file), or None: then the full path reads it, and names what is wrong with it if anything is.
 
     The same libjpeg decoder with the same settings as Pillow's ``Image.open`` path, so the same
-    pixels (tests/test_image_reader.py compares the two), given the whole file at once: ~60 us instead
-    of ~150 us for a 32x32 image, most of it with the GIL released."""
+    pixels (tests/test_plain_jpeg.py compares the two), given the whole file at once: ~50 us instead
+    of ~150 us for a 32x32 image, about half of it decoding with the GIL released."""
     header = read_jpeg_header(data)
     if header is None:
         return None
@@ -305,25 +311,26 @@ def walk_files(
     without recursion (any depth) and without entering symlinked or hidden folders (names starting
     with "."); a file reached twice (through links) is listed once. Folders that cannot be listed are
     skipped; ``unreadable`` gets one line for each (the folder and the reason)."""
-    files, seen, stack = [], set(), [root]
+    # Each folder with its real path: a folder entered is never a symlink, so a child's real path is
+    # its parent's plus its name (one realpath per walk: per folder, it cost O(depth^2) in a deep tree).
+    files, seen, stack = [], set(), [(root, os.path.realpath(root))]
     while stack:
-        folder = stack.pop()
+        folder, real_folder = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as err:  # no access, or nested past the system's path length limit
             if unreadable is not None:
                 unreadable.append(f"{str(folder)[:80]}{'...' if len(str(folder)) > 80 else ''} ({err.strerror})")
             continue
-        real_folder = os.path.realpath(folder)
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if not entry.name.startswith("."):
-                        stack.append(Path(entry.path))
+                        stack.append((Path(entry.path), os.path.join(real_folder, entry.name)))
                 elif (keep is None or keep(entry.name)) and entry.is_file():
                     # is_file follows a symlink to a file; False for FIFOs, devices, dangling links.
-                    # Only a symlink can lead elsewhere (symlinked folders are not entered): one realpath
-                    # per folder instead of per file, ~20 us of a 32x32 JPEG's whole cost in predict.
+                    # Only a symlink can lead elsewhere: a realpath per file cost ~20 us of a 32x32
+                    # JPEG's whole cost in predict.
                     real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_folder, entry.name)
                     if real not in seen:
                         seen.add(real)
