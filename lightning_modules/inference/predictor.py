@@ -48,8 +48,8 @@ def read_rows(
     """(label, pixels or None, error or None) per row, in input order; pixels as ``read_pixels`` gives
     them (``batch`` makes a tensor of many).
 
-    ``threads`` read ahead of the caller, in tasks of ``per_task`` rows (a task per image cost ~70 us
-    of hand-over per 32x32 JPEG, more than reading it), so reading overlaps the forward pass and
+    ``threads`` read ahead of the caller, in tasks of ``per_task`` rows (a task per image cost ~70-100
+    us of hand-over per 32x32 JPEG, more than reading it), so reading overlaps the forward pass and
     libjpeg's decoding, which releases the GIL, runs in parallel. At most ``in_flight`` rows are read
     ahead, so a folder of a million photos holds that many small images in memory, not a million; when
     the caller stops, queued tasks are dropped and running ones stop after their current image."""
