@@ -18,8 +18,12 @@ PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
 OTHER_FRAMES = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 START_OF_SCAN = 0xDA
 # Segments that change what the pixels mean: EXIF (orientation, applied by the reader), Adobe
-# (CMYK/YCCK and RGB transforms) and MPF (multi-picture files).
-SPECIAL_SEGMENTS = ((0xE1, b"Exif"), (0xEE, b"Adobe"), (0xE2, b"MPF"))
+# (CMYK/YCCK and RGB transforms) and MPF (multi-picture files); and Photoshop's, whose parse in Pillow
+# can fail on a short block.
+SPECIAL_SEGMENTS = ((0xE1, b"Exif"), (0xEE, b"Adobe"), (0xE2, b"MPF"), (0xED, b"Photoshop 3.0"))
+# Segments Pillow parses and refuses the file for when shorter than this (payload bytes): JFIF's
+# version and an ICC profile chunk's sequence numbers. libjpeg ignores them either way.
+SHORTEST = ((0xE0, b"JFIF", 7), (0xE2, b"ICC_PROFILE\0", 14))
 
 
 class JpegHeader(NamedTuple):
@@ -29,8 +33,8 @@ class JpegHeader(NamedTuple):
 
 
 def read_jpeg_header(data: bytes) -> JpegHeader | None:
-    """Size and channels of an 8-bit, 1- or 3-channel JPEG without EXIF, Adobe or MPF segments;
-    None for anything else (other formats, damaged headers, rarer JPEG kinds)."""
+    """Size and channels of an 8-bit, 1- or 3-channel JPEG without EXIF, Adobe, MPF or Photoshop
+    segments; None for anything else (other formats, damaged headers, rarer JPEG kinds)."""
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return None
@@ -56,11 +60,16 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
             if precision != 8 or channels not in (1, 3) or width == 0 or height == 0:
                 return None
             header = JpegHeader(width, height, channels)
-        elif marker in OTHER_FRAMES or 0xD0 <= marker <= 0xD8 or marker == 0x01:
+        elif marker < 0xC0 or marker in OTHER_FRAMES or 0xD0 <= marker <= 0xD8:
+            # Not a segment: Pillow and libjpeg skip "FF 00" and what follows as junk, and would then
+            # see a segment this parser would have stepped over as the bytes of a length.
             return None
         else:
             for special, tag in SPECIAL_SEGMENTS:
                 if marker == special and data.startswith(tag, pos + 4, end):
+                    return None
+            for special, tag, shortest in SHORTEST:
+                if marker == special and data.startswith(tag, pos + 4, end) and end - (pos + 4) < shortest:
                     return None
         pos = end
     return None

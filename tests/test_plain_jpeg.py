@@ -95,3 +95,38 @@ def test_jpegs_that_need_pillows_conversions_take_the_full_path(tmp_path):
     png = io.BytesIO()
     rgb.save(png, "PNG")
     assert read_jpeg_header(png.getvalue()) is None
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_segments_pillow_reads_differently_from_a_plain_parse_get_the_full_paths_answer():
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 32, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG")
+    base = buffer.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    app1 = segment(0xE1, exif.tobytes())
+    sof_at = base.index(b"\xff\xc0")
+    sof_length = int.from_bytes(base[sof_at + 2 : sof_at + 4], "big")
+    narrower = bytearray(base[sof_at : sof_at + 2 + sof_length])
+    narrower[7:9] = (16).to_bytes(2, "big")  # the frame libjpeg reads: 16 wide, not 32
+    cases = {
+        # "FF 00" is junk to Pillow and libjpeg, which then see what a parser taking it for a segment
+        # would step over: an EXIF rotation, or another frame header.
+        "EXIF behind FF 00": base[:2] + b"\xff\x00" + (len(app1) + 2).to_bytes(2, "big") + app1 + base[2:],
+        "frame behind FF 00": base[:sof_at]
+        + b"\xff\x00"
+        + (len(narrower) + 2).to_bytes(2, "big")
+        + bytes(narrower)
+        + base[sof_at:],
+        # Segments libjpeg ignores but Pillow refuses the file for.
+        "short JFIF": base[:2] + segment(0xE0, b"JFIF\0") + base[20:],
+        "short ICC profile": base[:2] + segment(0xE2, b"ICC_PROFILE\0") + base[2:],
+        "short Photoshop block": base[:2] + segment(0xED, b"Photoshop 3.0\x008BIM\x04\x04") + base[2:],
+    }
+    for name, data in cases.items():
+        assert read_jpeg_header(data) is None, name
+        assert outcome(data, 16) == full_path_outcome(data, 16), name
