@@ -81,8 +81,7 @@ def read_image(
     """Decode a file path or raw bytes into a (3, size, size) uint8 tensor, or raise ImageFileError.
 
     ``max_pixels`` may only lower the limit (a server bounds the decode work of one request)."""
-    pixels = bytearray(read_pixels(source, size, name, max_pixels))
-    return torch.frombuffer(pixels, dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+    return _resized(*_decode(source, size, name, max_pixels), size)
 
 
 def read_pixels(
@@ -90,6 +89,20 @@ def read_pixels(
 ) -> bytes:
     """``read_image``'s pixels as bytes, ``size`` rows of ``size`` RGB pixels: for callers that batch
     many images (predict), one tensor per batch instead of one per image costs ~10 us less an image."""
+    pixels, width, height = _decode(source, size, name, max_pixels)
+    if width == size and height == size:
+        return pixels
+    return _resized(pixels, width, height, size).permute(1, 2, 0).contiguous().numpy().tobytes()
+
+
+def _resized(pixels: bytes, width: int, height: int, size: int) -> torch.Tensor:
+    image = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
+    return image if width == size and height == size else resize(image[None], size)[0]
+
+
+def _decode(source: str | os.PathLike | bytes, size: int, name: str | None, max_pixels: int) -> tuple[bytes, int, int]:
+    """(RGB bytes, width, height) of the decoded image, before resizing (draft-decoded JPEGs are already
+    closer to ``size``)."""
     max_pixels = min(max_pixels, MAX_PIXELS)
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes) and not source:
@@ -98,7 +111,7 @@ def read_pixels(
     if isinstance(data, bytes):
         decoded = _decode_plain_jpeg(data, size, max_pixels)
         if decoded is not None:
-            return _to_size(*decoded, size)
+            return decoded
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with quiet_pillow():
@@ -136,14 +149,7 @@ def read_pixels(
         raise ImageFileError(f"{label}: damaged or truncated image ({reason})") from None
     finally:
         stream.close()
-    return _to_size(*decoded, size)
-
-
-def _to_size(pixels: bytes, width: int, height: int, size: int) -> bytes:
-    if width == size and height == size:
-        return pixels
-    image = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
-    return resize(image[None], size)[0].permute(1, 2, 0).contiguous().numpy().tobytes()
+    return decoded
 
 
 def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> tuple[bytes, int, int] | None:

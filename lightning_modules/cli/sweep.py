@@ -502,7 +502,7 @@ def last_reported(trial) -> float | None:
 def write_best_config(best, plan: dict[str, Any], path: Path) -> Path:
     """The best trial's full config.yaml, with its own run directory replaced by runs/<name>_best (and
     its MLflow or W&B run by a new one)."""
-    from lightning_modules.cli.tracking import FILE_LOGGERS
+    from lightning_modules.cli.tracking import logger_kind
 
     config = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "config.yaml").read_text())
     trainer = config.get("trainer") or {}
@@ -511,12 +511,12 @@ def write_best_config(best, plan: dict[str, Any], path: Path) -> Path:
         init = logger.get("init_args") if isinstance(logger, dict) else None
         if not isinstance(init, dict):
             continue
-        name = str(logger.get("class_path", "")).rpartition(".")[2]
-        if name == "MLFlowLogger":
+        kind = logger_kind(logger.get("class_path"))
+        if kind == "mlflow":
             init.update(run_name=None, run_id=None)
-        elif name == "WandbLogger":
+        elif kind == "wandb":
             init.update(save_dir="runs", name=None, id=None)
-        elif name in FILE_LOGGERS:
+        elif kind == "file":
             init.update(save_dir="runs", name=f"{plan['name']}_best", version=None)
     if trainer.get("default_root_dir") == best.user_attrs["run_dir"]:
         trainer["default_root_dir"] = None

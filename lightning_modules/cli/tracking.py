@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from jsonargparse import Namespace
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
@@ -38,8 +37,14 @@ SERVER_TIMEOUT_S = 5.0
 
 
 def kind(entry) -> str | None:
-    """``file`` (TensorBoard, CSV), ``mlflow``, ``wandb``, or None for another logger."""
-    name = str(getattr(entry, "class_path", "")).rpartition(".")[2]
+    """``file`` (TensorBoard, CSV), ``mlflow``, ``wandb``, or None for another logger (a class_path +
+    init_args namespace)."""
+    return logger_kind(getattr(entry, "class_path", ""))
+
+
+def logger_kind(class_path: Any) -> str | None:
+    """``kind`` of a logger's class path, as a namespace or a saved config.yaml holds it."""
+    name = str(class_path or "").rpartition(".")[2]
     return "file" if name in FILE_LOGGERS else TRACKERS.get(name)
 
 
@@ -91,8 +96,7 @@ def restore_run_ids(logger_config, folder: Path) -> None:
     recorded = recorded if isinstance(recorded, list) else [recorded]
     for entry in logger_entries(logger_config):
         for old in recorded:
-            same = isinstance(old, dict) and kind(Namespace(class_path=old.get("class_path"))) == kind(entry)
-            if not same:
+            if not isinstance(old, dict) or logger_kind(old.get("class_path")) != kind(entry):
                 continue
             old_init = old.get("init_args") or {}
             if kind(entry) == "mlflow" and old_init.get("run_id"):
@@ -110,8 +114,8 @@ def place_run(config, resuming: bool) -> tuple[Path | None, bool]:
     trainer = config.trainer
     entries = logger_entries(trainer.logger)
     for entry in entries:
-        module = TRACKERS.get(str(entry.class_path).rpartition(".")[2])
-        if module and importlib.util.find_spec(module) is None:
+        module = kind(entry)  # a tracker's kind is its module's name
+        if module in TRACKERS.values() and importlib.util.find_spec(module) is None:
             raise UsageError(f"--trainer.logger {entry.class_path.rpartition('.')[2]} needs {module}: {INSTALL}")
     files = [e for e in entries if kind(e) == "file"]
     if isinstance(trainer.logger, list) and files and kind(trainer.logger[0]) != "file":
@@ -246,10 +250,10 @@ class SaveRunConfig(SaveConfigCallback):
             self.parser.save(
                 self.config, os.path.join(self.folder, self.config_filename), skip_none=False, overwrite=True
             )
-        values = self.parser.dump(self.config, skip_none=False, format="yaml")
         import yaml
 
-        params = flatten(yaml.safe_load(values))
+        values = yaml.safe_load(self.parser.dump(self.config, skip_none=False, format="yaml"))
+        params = flatten(values)
         for _, logger in pairs:
             if isinstance(logger, MLFlowLogger):
                 client, run_id = logger.experiment, logger.run_id
@@ -261,7 +265,7 @@ class SaveRunConfig(SaveConfigCallback):
                 if self.folder is not None:
                     client.set_tag(run_id, "run_dir", str(Path(self.folder).absolute()))
             elif isinstance(logger, WandbLogger):
-                logger.log_hyperparams(yaml.safe_load(values))
+                logger.log_hyperparams(values)
 
 
 def finish_wandb_runs(trainer, exit_code: int) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from datamodules.sources import CIFAR10_CLASSES
 from lightning_modules.inference.model import InferenceClassifier, check_tta
-from lightning_modules.nets import NETS, Tudui
+from lightning_modules.nets import Tudui, net_class
 from lightning_modules.nets.limits import MAX_CLASSES, MAX_PARAMETERS, parameter_count
 
 # Where a tutorial user's pickled Tudui may claim to come from.
@@ -136,13 +136,13 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
     net_spec = hparams.get("net")
     if not isinstance(net_spec, Mapping) or not isinstance(net_spec.get("class_path"), str):
         raise CheckpointError(f"{path} does not say which network it holds (hyper-parameter 'net')")
-    net_class = _allowed_net(net_spec["class_path"], path)
+    network = _allowed_net(net_spec["class_path"], path)
     init_args = dict(net_spec.get("init_args") or {})
     if not all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in init_args.values()):
         raise CheckpointError(f"refused {path}: the network's arguments are not plain values")
     class_names, image_size, mean, std, tta = _checked_contract(hparams, path)
     try:
-        size = parameter_count(lambda: net_class(**init_args))  # nothing allocated yet
+        size = parameter_count(lambda: network(**init_args))  # nothing allocated yet
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"refused {path}: its network's arguments {init_args}: {str(err)[:200]}") from None
     if size > MAX_PARAMETERS:
@@ -150,7 +150,7 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
             f"refused {path}: its network would have {size:,} parameters (at most {MAX_PARAMETERS:,})"
         )
     try:
-        model = InferenceClassifier(net_class(**init_args), class_names, image_size, mean, std, tta)
+        model = InferenceClassifier(network(**init_args), class_names, image_size, mean, std, tta)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} does not match its own description: {str(err).splitlines()[0][:300]}") from None
@@ -226,10 +226,7 @@ def _check_outputs(model: InferenceClassifier, path) -> None:
 
 
 def _allowed_net(class_path: str, path: Path) -> type[nn.Module]:
-    module, _, name = class_path.rpartition(".")
-    net_class = NETS.get(name)
-    if net_class is None or not module.startswith("lightning_modules.nets"):
-        raise CheckpointError(
-            f"refused {path}: network {class_path!r} is not one of this project's ({', '.join(sorted(NETS))})"
-        )
-    return net_class
+    try:
+        return net_class(class_path)
+    except ValueError as err:
+        raise CheckpointError(f"refused {path}: {err}") from None

@@ -11,14 +11,18 @@ from lightning_modules.nets.tudui import Tudui
 NETS = {"Tudui": Tudui, "ResNet18": ResNet18, "AirbenchNet": AirbenchNet}
 
 
-def build_net(description: dict) -> Tudui | ResNet18 | AirbenchNet:
-    """The network a saved description (``{"class_path": ..., "init_args": {...}}``) names, built only
-    from NETS; ValueError naming the valid networks for any other class path."""
-    class_path = str(description.get("class_path", ""))
-    module, _, name = class_path.rpartition(".")
+def net_class(class_path: str) -> type[Tudui | ResNet18 | AirbenchNet]:
+    """The class a saved ``class_path`` names, only from NETS (a file may be untrusted); ValueError naming
+    the valid networks for any other."""
+    module, _, name = str(class_path).rpartition(".")
     if name not in NETS or not module.startswith("lightning_modules.nets"):
         raise ValueError(f"network {class_path!r} is not one of this project's: {', '.join(sorted(NETS))}")
-    return NETS[name](**dict(description.get("init_args") or {}))
+    return NETS[name]
 
 
-__all__ = ["NETS", "AirbenchNet", "ResNet18", "Tudui", "build_net"]
+def build_net(description: dict) -> Tudui | ResNet18 | AirbenchNet:
+    """The network a saved description (``{"class_path": ..., "init_args": {...}}``) names (``net_class``)."""
+    return net_class(description.get("class_path", ""))(**dict(description.get("init_args") or {}))
+
+
+__all__ = ["NETS", "AirbenchNet", "ResNet18", "Tudui", "build_net", "net_class"]
