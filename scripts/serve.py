@@ -1,4 +1,4 @@
-"""Serve a checkpoint over HTTP with LitServe (POST /predict, GET /health).
+"""Serve a checkpoint over HTTP (POST /predict, GET /health).
 
 python scripts/serve.py --ckpt_path runs/tutorial/version_0/checkpoints/last.ckpt --port 8000
 curl --data-binary @cat.png http://127.0.0.1:8000/predict

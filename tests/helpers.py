@@ -118,6 +118,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def asgi_request(
+    app, method: str, path: str, body: bytes | list[bytes] = b"", host: str = "127.0.0.1",
+    headers: tuple[tuple[str, str], ...] = (), disconnect: bool = False,
+) -> tuple[int, bytes] | None:  # fmt: skip
+    """(status, body) of one request to an ASGI app, in this process (no server, no socket): ``body`` a
+    list sends it in parts; ``disconnect`` makes the client leave after them (then None if unanswered)."""
+    import asyncio
+
+    parts = [body] if isinstance(body, bytes) else list(body)
+    messages = [{"type": "http.request", "body": b, "more_body": i < len(parts) - 1} for i, b in enumerate(parts)]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [(b"host", host.encode()), *((k.lower().encode(), v.encode()) for k, v in headers)],
+        "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+        "root_path": "",
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    if start is None:
+        return None
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def batcher_answers(batcher, images: list[bytes]) -> list:
+    """The batcher's answer (a record, or the exception raised) to each encoded image, all sent at once."""
+    import asyncio
+
+    async def ask_all():
+        return await asyncio.gather(*(batcher.classify(data) for data in images), return_exceptions=True)
+
+    batcher.start()
+    try:
+        return asyncio.run(ask_all())
+    finally:
+        batcher.stop()
+
+
 # --- one fit shared by the tests that only read a run (the tta_run fixture) -------------------
 
 

@@ -7,7 +7,7 @@ so a new option is covered without editing this file), values of the right type 
 ones, and runs the command's main in this process (fit.py is left out: a run takes seconds). Paths
 are drawn from files made here: a tiny valid checkpoint, missing files, folders, non-image files,
 broken reports. Nothing reaches the network (``--data.download true`` is not drawn) and no server
-starts (``litserve.LitServer.run`` returns at once); sweep's trials are a quick stand-in for fit.
+starts (serve.py's ``run`` closes the socket and returns); sweep's trials are a quick stand-in for fit.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def work(tmp_path, monkeypatch) -> Path:
     (tmp_path / "space.yaml").write_text("optimizer.init_args.lr: {type: categorical, choices: [0.01, 0.02]}\n")
     (tmp_path / "cfg.yaml").write_text("trainer: {max_epochs: 1}\n")
     (tmp_path / "bad_space.yaml").write_text("optimizer.init_args.lr: {type: float, low: 1, high: 0}\n")
-    monkeypatch.setattr("litserve.LitServer.run", lambda self, *args, **kwargs: None)  # no server starts
+    monkeypatch.setattr(serve, "run", lambda app, listening: listening.close())  # no server starts
     monkeypatch.setattr("lightning_modules.cli.fit.fit", quick_fit)  # sweep's trials: no training
     return tmp_path
 

@@ -4,13 +4,13 @@ the metric ReduceLROnPlateau follows, and evaluate, export, compare and sweep ru
 
 from __future__ import annotations
 
-import asyncio
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from helpers import exit_status, make_image_folder, run_script, save_checkpoint
+from helpers import asgi_request, exit_status, free_port, make_image_folder, run_script, save_checkpoint
 from PIL import Image
 
 from lightning_modules.cli import serve as serve_module
@@ -28,23 +28,22 @@ def one_line(capsys) -> str:
     return lines[0]
 
 
-class StubServer:
-    """Stands in for litserve.LitServer: records how serve.py built and ran it; serves nothing."""
+class StubRun:
+    """Stands in for serve.py's ``run``: records the app and the address serve.py built; serves nothing."""
 
-    def __init__(self, api, **kwargs) -> None:
-        StubServer.built.append(kwargs)
-        self.api = api
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, tuple]] = []
 
-    def run(self, **kwargs) -> None:
-        StubServer.ran.append(kwargs)
+    def __call__(self, app, listening) -> None:
+        self.calls.append((app, listening.getsockname()))
+        listening.close()
 
 
 @pytest.fixture
 def stub_server(monkeypatch):
-    monkeypatch.setattr(serve_module.ls, "LitServer", StubServer)
-    monkeypatch.setattr(StubServer, "built", [], raising=False)
-    monkeypatch.setattr(StubServer, "ran", [], raising=False)
-    return StubServer
+    stub = StubRun()
+    monkeypatch.setattr(serve_module, "run", stub)
+    return stub
 
 
 # --- serve: usage errors, before any server is built ----------------------------------------------
@@ -64,51 +63,33 @@ def test_serve_usage_errors_are_one_line_and_start_nothing(stub_server, tmp_path
     save_checkpoint(tmp_path / "model.ckpt")
     assert exit_status(serve_module.serve_main, ["--ckpt_path", "model.ckpt", *extra]) == 2
     assert says in one_line(capsys)
-    assert stub_server.built == [] and stub_server.ran == []
+    assert stub_server.calls == []
 
 
 # --- serve --host 0.0.0.0 -------------------------------------------------------------------------
 
 
-def asgi_status(middleware_spec, host: str) -> tuple[int, bytes]:
-    """The status and body of GET /health with this Host header, through serve.py's middleware
-    built as LitServer would build it, in front of an app that answers 200."""
-    cls, kwargs = middleware_spec
-
-    async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    sent: list[dict] = []
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "http", "method": "GET", "path": "/health", "raw_path": b"/health", "query_string": b"",
-        "headers": [(b"host", host.encode())], "scheme": "http", "http_version": "1.1",
-        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "root_path": "",
-    }  # fmt: skip
-    asyncio.run(cls(app, **kwargs)(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-
-
 @pytest.mark.parametrize(("host", "other_names"), [("127.0.0.1", False), ("0.0.0.0", True), ("::", True)])
 def test_serve_host_binds_there_and_decides_which_host_names_are_answered(stub_server, checkpoint, host, other_names):
-    assert serve_module.serve_main(["--ckpt_path", str(checkpoint), "--host", host, "--port", "8123"]) == 0
-    ((kwargs,), (ran,)) = stub_server.built, stub_server.ran
-    assert ran["host"] == host and ran["port"] == 8123
-    (middleware,) = kwargs["middlewares"]
-    assert asgi_status(middleware, "127.0.0.1:8123")[0] == 200
-    status, body = asgi_status(middleware, "serving-box.example:8123")  # a name another machine used
+    port = free_port()
+    assert serve_module.serve_main(["--ckpt_path", str(checkpoint), "--host", host, "--port", str(port)]) == 0
+    ((app, address),) = stub_server.calls
+    assert address[:2] == (host, port)
+    assert asgi_request(app, "GET", "/health", host=f"127.0.0.1:{port}")[0] == 200
+    status, body = asgi_request(app, "GET", "/health", host=f"serving-box.example:{port}")  # another machine's name
     if other_names:
         assert status == 200 and body == b"ok"
     else:  # loopback only: a web page reaching it through DNS rebinding is refused
         assert status == 400 and b"--host 0.0.0.0" in body
+
+
+def test_serve_on_a_port_in_use_is_one_line(stub_server, checkpoint, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert exit_status(serve_module.serve_main, ["--ckpt_path", str(checkpoint), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line(capsys) and stub_server.calls == []
 
 
 # --- predict cannot write its --output ------------------------------------------------------------
@@ -150,7 +131,7 @@ def test_a_cuda_accelerator_without_cuda_is_one_line(stub_server, tmp_path, monk
     }[command]
     assert exit_status(main, [*args, "--trainer.accelerator", accelerator]) == 2
     assert accelerator in one_line(capsys).lower()
-    assert stub_server.ran == []
+    assert stub_server.calls == []
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
 
 

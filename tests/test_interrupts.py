@@ -128,7 +128,7 @@ def test_serve_stops_in_one_line_and_leaves_no_process(work, tmp_path, how):
                     time.sleep(0.2)
             if how == "sigterm":
                 proc.send_signal(signal.SIGTERM)
-            else:  # a terminal's Ctrl-C: every process of the group, LitServe's workers too
+            else:  # a terminal's Ctrl-C: every process of the group
                 os.killpg(proc.pid, signal.SIGINT)
             _, err = proc.communicate(timeout=60)
             deadline = time.monotonic() + 10
@@ -140,7 +140,7 @@ def test_serve_stops_in_one_line_and_leaves_no_process(work, tmp_path, how):
     printed = err + (tmp_path / "out.log").read_text()
     assert_interrupted(proc, err, "the server has stopped")
     assert "Traceback" not in printed, printed[-3000:]
-    assert not left, "LitServe processes were left running"
+    assert not left, "server processes were left running"
 
 
 def test_the_frame_ends_a_keyboard_interrupt_in_one_line(capsys):

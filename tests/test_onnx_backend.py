@@ -11,7 +11,7 @@ import torch
 from lightning_modules.cli.export import export_main
 from lightning_modules.cli.predict import predict_main
 from lightning_modules.inference.checkpoints import CheckpointError, load_classifier
-from tests.helpers import exit_status, make_image_folder, save_checkpoint
+from tests.helpers import batcher_answers, exit_status, make_image_folder, save_checkpoint
 
 pytest.importorskip("onnxruntime")
 
@@ -44,18 +44,14 @@ def test_predict_with_the_onnx_file_answers_as_the_checkpoint_did(exported, tmp_
 
 
 def test_serve_runs_the_onnx_file_with_the_same_answers(exported):
-    from lightning_modules.cli.serve import ClassifierAPI
+    from lightning_modules.inference.batcher import Batcher
 
     work, ckpt, onnx_file = exported
-    files = sorted((work / "data").rglob("*.jpg"))[:4]
+    images = [f.read_bytes() for f in sorted((work / "data").rglob("*.jpg"))[:4]]
     answers = []
     for path in (onnx_file, ckpt):
-        api = ClassifierAPI(str(path), top_k=2, tta=None if path == onnx_file else "mirror", max_batch_size=4)
-        api.setup("cpu")
-        import base64
-
-        images = [api.decode_request({"image_b64": base64.b64encode(f.read_bytes()).decode()}) for f in files]
-        answers.append(api.predict(api.batch(images)))
+        model = load_classifier(path, map_location="cpu", tta=None if path == onnx_file else "mirror", onnx=True)
+        answers.append(batcher_answers(Batcher(model, top_k=2, max_batch_size=4), images))
     assert [a["label"] for a in answers[0]] == [a["label"] for a in answers[1]]
     assert [a["probability"] for a in answers[0]] == pytest.approx([a["probability"] for a in answers[1]], abs=1e-5)
 

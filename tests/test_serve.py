@@ -187,7 +187,7 @@ def test_sigterm_stops_every_server_process(tmp_path):
             break
         time.sleep(0.5)
     left = group_alive(proc, kill=True)
-    assert not left, "SIGTERM left LitServe processes running"
+    assert not left, "SIGTERM left server processes running"
 
 
 def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_body(server):
@@ -229,20 +229,35 @@ def test_line_wrapped_base64_as_the_base64_command_prints_it_is_accepted(server,
 
 
 def test_a_full_queue_is_answered_503_at_once_and_the_server_goes_on(tmp_path):
-    # One request in progress at a time; each waits up to 1 s for a batch to fill, so the others
-    # sent meanwhile find the queue full.
-    from concurrent.futures import ThreadPoolExecutor
+    # One request in progress at a time. The first holds its place by sending half its body; the
+    # second is refused at once; once the first is complete it is answered, and so is the next.
+    import socket
+    from urllib.parse import urlparse
 
     ckpt = save_checkpoint(tmp_path / "model.ckpt")
-    proc, url = start_server(tmp_path, ckpt, "--max_queue", "1", "--batch_timeout", "1.0")
+    proc, url = start_server(tmp_path, ckpt, "--max_queue", "1")
     try:
         image = png_bytes(np.zeros((32, 32, 3), np.uint8))
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: requests.post(f"{url}/predict", data=image, timeout=30), range(6)))
-        codes = sorted(a.status_code for a in answers)
-        assert 200 in codes and 503 in codes, codes
-        busy = next(a for a in answers if a.status_code == 503)
-        assert "server busy" in busy.json()["detail"] and busy.headers["Retry-After"] == "1"
+        address = urlparse(url)
+        with socket.create_connection((address.hostname, address.port), timeout=30) as slow:
+            slow.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+                + f"Content-Length: {len(image)}\r\n\r\n".encode()
+                + image[:10]
+            )
+            deadline = time.monotonic() + 10
+            while (busy := requests.post(f"{url}/predict", data=image, timeout=30)).status_code != 503:
+                assert time.monotonic() < deadline, "the half-sent request never held the queue"
+                time.sleep(0.05)  # the server may not have read the first one's headers yet
+            assert "server busy" in busy.json()["detail"] and busy.headers["Retry-After"] == "1"
+            slow.sendall(image[10:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < body_length(reply):
+                chunk = slow.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
         assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200
     finally:
         stop(proc)

@@ -10,13 +10,12 @@ decimals."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSES
+from helpers import CLASSES, batcher_answers, free_port
 from PIL import Image
 
 import lightning_modules.classifier as classifier_module
@@ -170,33 +169,19 @@ def test_predict_agrees_image_by_image(lopsided, tmp_path, capsys, tta):
     assert f"({correct(want)}/{len(files)}, true classes from folder names)" in err
 
 
-class CapturedServer:
-    """Stands in for litserve.LitServer: keeps the API serve.py built, serves nothing."""
-
-    built: list = []
-
-    def __init__(self, api, **kwargs) -> None:
-        CapturedServer.built.append(api)
-
-    def run(self, **kwargs) -> None:
-        pass
-
-
 @pytest.mark.parametrize("tta", TTA_OPTIONS)
 def test_serve_agrees_image_by_image(lopsided, monkeypatch, tta):
-    """serve.py's command line builds the API its workers run; each file goes through the API's
-    request decoding and prediction as an upload does (tests/test_serve.py checks the HTTP side)."""
+    """serve.py's command line builds the app it serves; each file goes through the app's inference
+    threads as an upload does (tests/test_serve.py checks the HTTP side)."""
     _, best, files, *_ = lopsided
-    monkeypatch.setattr(serve_module.ls, "LitServer", CapturedServer)
-    monkeypatch.setattr(CapturedServer, "built", [])
-    assert serve_module.serve_main(["--ckpt_path", best, *ON_CPU, *TTA_OPTIONS[tta]]) == 0
-    (api,) = CapturedServer.built
-    api.setup("cpu")
+    apps = []
+    monkeypatch.setattr(serve_module, "run", lambda app, listening: (apps.append(app), listening.close()))
+    assert serve_module.serve_main(["--ckpt_path", best, *ON_CPU, "--port", str(free_port()), *TTA_OPTIONS[tta]]) == 0
+    (app,) = apps
+    records = batcher_answers(app.batcher, [f.read_bytes() for f in files])
     scores = {}
-    for f in files:
-        image = api.decode_request({serve_module.IMAGE_FIELD: base64.b64encode(f.read_bytes()).decode()})
-        (record,) = api.unbatch(api.predict(api.batch([image])))
-        probabilities = {t["label"]: t["probability"] for t in api.encode_response(record)["top_k"]}
+    for f, record in zip(files, records, strict=True):
+        probabilities = {t["label"]: t["probability"] for t in record["top_k"]}
         scores[str(f)] = torch.tensor([probabilities[c] for c in CLASSES])
     assert_same_scores(scores, expected(lopsided, tta), f"serve.py ({tta})")
 

@@ -200,7 +200,7 @@ def interrupt_on_signals() -> Iterator[list[int]]:
     """Within the block SIGTERM (kill, docker stop, a scheduler) interrupts this process as Ctrl-C
     does: KeyboardInterrupt, so ``finally`` blocks clean up and ``one_line_errors`` ends the command
     with exit status 130 in one line. Yields the signals received, for a library that catches
-    KeyboardInterrupt itself (LitServe stops its server and returns). A process forked inside the
+    KeyboardInterrupt itself and returns. A process forked inside the
     block inherits the handler; there a signal ends it at once and quietly, as by default. A signal
     the process ignores (SIGINT in a background job) or that someone else handles is left alone;
     outside the main thread nothing changes. The previous handlers are back after the block."""
@@ -211,7 +211,7 @@ def interrupt_on_signals() -> Iterator[list[int]]:
     owner = os.getpid()
 
     def handler(signum, frame) -> None:
-        if os.getpid() != owner:  # a forked child (LitServe's server processes): end as by default
+        if os.getpid() != owner:  # a forked child (a DataLoader worker): end as by default
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

@@ -59,7 +59,7 @@ install_packages() {
   missing=$(python - <<'EOF'
 import importlib.util
 needed = {"jsonargparse": "jsonargparse", "docstring_parser": "docstring-parser", "typeshed_client": "typeshed-client",
-          "litserve": "litserve", "multipart": "python-multipart", "requests": "requests", "onnx": "onnx",
+          "uvicorn": "uvicorn", "starlette": "starlette", "multipart": "python-multipart", "requests": "requests", "onnx": "onnx",
           "onnxruntime": "onnxruntime", "onnxscript": "onnxscript", "matplotlib": "matplotlib",
           "tensorboard": "tensorboard", "torchmetrics": "torchmetrics", "pytest": "pytest", "hypothesis": "hypothesis"}
 print(" ".join(pip for module, pip in needed.items() if importlib.util.find_spec(module) is None))

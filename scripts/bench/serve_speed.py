@@ -4,7 +4,7 @@
                                         [--concurrency 1 8 32 128] [--settings 32,0.005,1 ...]
 
 Starts the server on a free 127.0.0.1 port (the tutorial network, untrained, unless --ckpt_path is
-given) once per setting (max_batch_size, batch_timeout in s, inference workers) and posts 32x32
+given) once per setting (max_batch_size, batch_timeout in s, inference threads) and posts 32x32
 images (CIFAR-10 images from --images_dir/train, default $DATA_DIR; PNGs of plain colours when
 neither is given) from scripts/bench/http_load.py, a load generator in its own process with one
 keep-alive connection per client. Where the machine has 2 or more cores the clients are pinned to
