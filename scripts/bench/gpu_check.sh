@@ -8,7 +8,7 @@
 #              level above train/ is found). The profile and the race use all of it; the tests a
 #              subset (PER_CLASS_TRAIN=500 train + PER_CLASS_TEST=100 test images per class).
 # WHEELS_DIR   optional: wheels of the pure-Python packages this machine may lack (jsonargparse,
-#              docstring-parser, typeshed-client, LitServe's stack); installed with --no-index.
+#              docstring-parser, typeshed-client, uvicorn, starlette); installed with --no-index.
 # AIRBENCH_DIR (variable) the folder with airbench94.py and airbench94_muon.py; without it, or
 #              without CUDA, the race runs our sides only.
 #
