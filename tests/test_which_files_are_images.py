@@ -6,6 +6,7 @@ entered. A file named explicitly on predict's command line is read whatever its 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import exit_status, make_image_folder
@@ -44,7 +45,7 @@ def test_training_evaluation_and_predict_list_the_same_files(tmp_path, checkpoin
     Image.new("RGB", (32, 32)).save(hidden_dir / "t.png")
     _, files = sources.scan_folder(root)
     scored = {root / rel for rel, *_ in files["test"]}  # what evaluate.py scores (and fit.py tests)
-    listed = {path for _, path, error in expand_inputs([str(root / "test")]) if error is None}
+    listed = {Path(path) for _, path, error in expand_inputs([str(root / "test")]) if error is None}
     assert listed == scored
     assert root / "test" / "cat" / "visible.png" in listed
     assert not any(p.name.startswith(".") or ".thumbnails" in p.parts for p in listed)
@@ -62,7 +63,7 @@ def test_patterns_skip_hidden_files_as_a_shell_does(tmp_path):
         if pattern == "*.jpg":  # only the hidden one matches: nothing is listed, and that is said
             assert found[0][1] is None and "matches no image files" in found[0][2]
         else:
-            assert [path.name for _, path, _ in found] == ["visible.png"], pattern
+            assert [Path(path).name for _, path, _ in found] == ["visible.png"], pattern
 
 
 def test_a_dotfile_named_explicitly_is_read(tmp_path, checkpoint, capsys):

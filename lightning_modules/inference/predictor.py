@@ -19,7 +19,7 @@ import torch
 from datamodules.image_reader import ImageFileError, quiet_pillow, read_pixels
 from lightning_modules.inference.model import InferenceClassifier
 
-Row = tuple[str, Path | None, str | None]  # (label shown to the user, file, error instead of a file)
+Row = tuple[str, str | None, str | None]  # (label shown to the user, file, error instead of a file)
 
 
 def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[dict]:
