@@ -120,21 +120,27 @@ def free_port() -> int:
 
 def asgi_request(
     app, method: str, path: str, body: bytes | list[bytes] = b"", host: str = "127.0.0.1",
-    headers: tuple[tuple[str, str], ...] = (), disconnect: bool = False,
+    headers: tuple[tuple[str, str], ...] = (), disconnect: bool = False, stall: bool = False,
 ) -> tuple[int, bytes] | None:  # fmt: skip
     """(status, body) of one request to an ASGI app, in this process (no server, no socket): ``body`` a
-    list sends it in parts; ``disconnect`` makes the client leave after them (then None if unanswered)."""
+    list sends it in parts; ``disconnect`` makes the client leave after them (then None if unanswered),
+    ``stall`` makes it send nothing more, holding the connection open."""
     import asyncio
 
     parts = [body] if isinstance(body, bytes) else list(body)
     messages = [{"type": "http.request", "body": b, "more_body": i < len(parts) - 1} for i, b in enumerate(parts)]
-    if disconnect:
+    if disconnect or stall:
         messages[-1]["more_body"] = True
+    if disconnect:
         messages.append({"type": "http.disconnect"})
     sent: list[dict] = []
 
     async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        if stall:
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)

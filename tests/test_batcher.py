@@ -124,3 +124,25 @@ def test_stop_ends_every_inference_thread(model):
     threads = list(batcher._workers)
     batcher.stop()
     assert threads and not any(t.is_alive() for t in threads)
+
+
+def test_a_request_given_up_while_queued_is_never_decoded_or_run(model):
+    # One request runs (0.5 s); a second, queued behind it, gives up after 0.1 s: it is skipped, so a
+    # backlog of abandoned requests cannot keep the server busy after its clients have gone.
+    recorder = Recorder(model, delay=0.5)
+    batcher = Batcher(recorder, max_batch_size=1)
+
+    async def scenario():
+        running = asyncio.ensure_future(batcher.classify(png(0)))
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(batcher.classify(png(1)), 0.1)
+        return await running
+
+    batcher.start()
+    try:
+        answered = asyncio.run(scenario())
+        time.sleep(0.1)  # the thread has taken the abandoned request by now
+    finally:
+        batcher.stop()
+    assert isinstance(answered, dict) and recorder.sizes == [1]

@@ -177,9 +177,19 @@ def test_concurrent_requests_are_all_answered(server, known_images):
     assert all(status == 200 and got == want for status, got, want in results)
 
 
-def test_sigterm_stops_every_server_process(tmp_path):
+def test_sigterm_answers_open_requests_and_stops_every_server_process(tmp_path):
+    # An upload still arriving when SIGTERM comes gets a JSON 503 once the grace period (5 s) is over,
+    # and the server ends without a traceback.
+    import socket
+    from urllib.parse import urlparse
+
     proc, url = start_server(tmp_path, save_checkpoint(tmp_path / "model.ckpt"), "--workers", "2")
-    proc.terminate()
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nhalf")
+        time.sleep(0.3)
+        proc.terminate()
+        reply = slow.recv(4096)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         proc.poll()  # reap serve.py itself: a zombie still counts as a member of its group
@@ -188,6 +198,10 @@ def test_sigterm_stops_every_server_process(tmp_path):
         time.sleep(0.5)
     left = group_alive(proc, kill=True)
     assert not left, "SIGTERM left server processes running"
+    assert reply.startswith(b"HTTP/1.1 503") and b"the server is stopping" in reply, reply
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and log.strip().endswith("interrupted: the server has stopped"), log[-2000:]
+    assert proc.returncode == 130
 
 
 def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_body(server):
@@ -267,3 +281,11 @@ def body_length(reply: bytes) -> int:
     """The Content-Length of an HTTP reply's headers (0 until they have all arrived)."""
     head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
     return next((int(line.split(":", 1)[1]) for line in head.splitlines() if line.startswith("content-length:")), 0)
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(server):
+    url, _, _ = server
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    response = requests.get(f"{url}/predict", headers=upgrade, timeout=10)
+    assert response.status_code == 405 and "POST the image" in response.json()["detail"]

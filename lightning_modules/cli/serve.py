@@ -140,7 +140,14 @@ def run(app, listening: socket.socket) -> None:
     """Serve ``app`` on the socket until a signal stops uvicorn."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Queued and new requests are answered 503 at once, so open connections close within the
+            # grace period instead of being cancelled at its end.
+            app.stop_taking()
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACEFUL_STOP_S, lifespan="on"
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACEFUL_STOP_S, lifespan="on", ws="none"
     )
-    uvicorn.Server(config).run(sockets=[listening])
+    Server(config).run(sockets=[listening])

@@ -8,7 +8,9 @@ holds up other connections.
 
 A batch starts with the first waiting request and takes up to ``max_batch_size``; it waits up to
 ``batch_timeout`` for more only while the server holds requests that have not reached the queue yet
-(bodies still arriving): one client alone is answered at once, many are batched.
+(bodies still arriving), or until it has as many as the last batch had: one client alone is answered
+at once (the first request after a burst may wait the timeout out), many are batched. A request
+whose client stopped waiting (timed out, cancelled) is skipped, not decoded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class _Job:
     data: bytes
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    abandoned: bool = False  # answered, timed out or cancelled: not worth decoding any more
 
     def answer(self, result: dict | Exception) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the answer any more
@@ -56,6 +59,7 @@ def _settle(future: asyncio.Future, result: dict | Exception) -> None:
 
 
 _STOP = object()
+STOPPING = "the server is stopping; retry on another instance or later"
 
 
 class _Ticket:
@@ -87,6 +91,7 @@ class Batcher:
         self._coming = 0  # requests announced (``expecting``) that have not reached the queue
         self._last_size = 1  # requests in the last batch
         self._workers: list[threading.Thread] = []
+        self._draining = False
 
     def start(self) -> None:
         self._workers = [
@@ -95,12 +100,29 @@ class Batcher:
         for worker in self._workers:
             worker.start()
 
+    def drain(self) -> None:
+        """Answers every queued request 503 and refuses new ones: the server is stopping. Safe to call
+        from a signal handler; the batches already running finish."""
+        self._draining = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is _STOP:  # not ours to drop: put back after the rest
+                self._jobs.put(_STOP)
+                return
+            job.answer(RequestError(503, STOPPING))
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Ends the inference threads after the batches they are running."""
+        """Drains the queue (``drain``), then ends the inference threads after the batches they are
+        running, waiting ``timeout`` seconds in all."""
+        self.drain()
         for _ in self._workers:
             self._jobs.put(_STOP)
+        deadline = time.monotonic() + timeout
         for worker in self._workers:
-            worker.join(timeout)
+            worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
 
     @contextlib.contextmanager
@@ -119,12 +141,17 @@ class Batcher:
         """``{label, probability, top_k}`` for one encoded image; RequestError (400) if it is not one."""
         if not self._workers:
             raise RuntimeError("Batcher.classify before Batcher.start")
+        if self._draining:
+            raise RequestError(503, STOPPING)
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._jobs.put(_Job(data, future, loop))
+        job = _Job(data, loop.create_future(), loop)
+        self._jobs.put(job)
         if ticket is not None:  # after the put: a batch being gathered never sees neither
             self._arrived(ticket)
-        return await future
+        try:
+            return await job.future
+        finally:  # answered, or given up (timed out, cancelled): a job still queued is skipped
+            job.abandoned = True
 
     def _arrived(self, ticket: _Ticket) -> None:
         with self._lock:
@@ -150,7 +177,8 @@ class Batcher:
                     continue
             if job is _STOP:
                 return jobs, True
-            jobs.append(job)
+            if not job.abandoned:
+                jobs.append(job)
         self._last_size = len(jobs)
         return jobs, False
 
@@ -165,7 +193,10 @@ class Batcher:
                     self._answer(jobs)
                 except Exception as err:  # a bug or a device error: answer 500 and keep serving
                     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    print(f"error: inference failed for a batch of {len(jobs)}: {reason}", file=sys.stderr, flush=True)
+                    with contextlib.suppress(OSError, ValueError):  # stderr closed: the answers still go out
+                        print(
+                            f"error: inference failed for a batch of {len(jobs)}: {reason}", file=sys.stderr, flush=True
+                        )
                     for job in jobs:
                         job.answer(RequestError(500, f"inference failed: {reason}"))
                 if stop:
@@ -174,6 +205,8 @@ class Batcher:
     def _answer(self, jobs: list[_Job]) -> None:
         images, readable = [], []
         for job in jobs:
+            if job.abandoned:  # its client stopped waiting while the batch was decoded (a large photo takes ~0.1 s)
+                continue
             try:
                 images.append(read_pixels(job.data, self.model.image_size, name="image", max_pixels=self.max_pixels))
                 readable.append(job)

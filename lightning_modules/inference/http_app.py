@@ -10,7 +10,9 @@ Guards, each answered at once with a one-line ``{"detail": ...}``:
 - 400: not an image, malformed JSON or multipart, or (on a loopback address) a ``Host`` header that
   is not a loopback name, so a web page cannot reach the server through DNS rebinding;
 - 413: a body over ``max_bytes`` (declared or sent);
-- 503 with ``Retry-After``: ``max_queue`` requests already in progress;
+- 408: the body did not arrive within ``request_timeout`` seconds (a stalled upload would hold its
+  place in ``max_queue`` for good);
+- 503 with ``Retry-After``: ``max_queue`` requests already in progress, or the server is stopping;
 - 504: no answer within ``request_timeout`` seconds.
 """
 
@@ -20,8 +22,9 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 
-from lightning_modules.inference.batcher import Batcher, RequestError
+from lightning_modules.inference.batcher import STOPPING, Batcher, RequestError
 
 IMAGE_FIELD = "image_b64"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -46,51 +49,74 @@ class PredictionApp:
         self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.in_flight = 0  # /predict requests in progress: reading, waiting or running
+        self.stopping = False
+
+    def stop_taking(self) -> None:
+        """The server is stopping: queued and new requests are answered 503 at once, so open connections
+        end within uvicorn's grace period. Safe to call from a signal handler."""
+        self.stopping = True
+        self.batcher.drain()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
-            return  # websockets: not served
+            return  # uvicorn runs with websockets off: nothing else comes
         try:
-            if self.loopback_only and _host_name(_header(scope, b"host")) not in LOOPBACK_NAMES:
-                raise RequestError(
-                    400, "Host header is not a loopback name; to accept others, serve with --host 0.0.0.0"
-                )
-            if scope["path"] == "/health":
-                return await _respond(send, 200, b"ok", [(b"content-type", b"text/plain")])
-            if scope["path"] != "/predict":
-                raise RequestError(404, "not found: POST an image to /predict, or GET /health")
-            if scope["method"] != "POST":
-                raise RequestError(405, "POST the image to /predict")
-            if self.in_flight >= self.max_queue:
-                # Answered at once: a client retries later rather than timing out behind the others.
-                detail = f"server busy: {self.in_flight} requests in progress (--max_queue {self.max_queue})"
-                return await _respond(send, 503, _detail(detail), [*JSON_HEADERS, (b"retry-after", b"1")])
-            self.in_flight += 1
-            try:
-                record = await self._predict(scope, receive)
-            finally:
-                self.in_flight -= 1
+            status, body, headers = await self._answer(scope, receive)
         except RequestError as err:
-            return await _respond(send, err.status, _detail(str(err)), JSON_HEADERS)
-        if record is not None:
-            await _respond(send, 200, json.dumps(record).encode(), JSON_HEADERS)
+            status, body, headers = err.status, _detail(str(err)), JSON_HEADERS
+        except asyncio.CancelledError:  # uvicorn's grace period is over: the server is stopping
+            status, body, headers = 503, _detail(STOPPING), JSON_HEADERS
+        if status:
+            await _respond(send, status, body, headers)
+
+    async def _answer(self, scope, receive) -> tuple[int, bytes, list]:
+        """(status, body, headers) to send; status 0 sends nothing (the client has gone)."""
+        if self.loopback_only and _host_name(_header(scope, b"host")).lower() not in LOOPBACK_NAMES:
+            raise RequestError(400, "Host header is not a loopback name; serve with --host 0.0.0.0 to accept it")
+        if scope["path"] == "/health":
+            return 200, b"ok", [(b"content-type", b"text/plain")]
+        if scope["path"] != "/predict":
+            raise RequestError(404, "not found: POST an image to /predict, or GET /health")
+        if scope["method"] != "POST":
+            raise RequestError(405, "POST the image to /predict")
+        if self.stopping:
+            raise RequestError(503, STOPPING)
+        if self.in_flight >= self.max_queue:
+            # Answered at once: a client retries later rather than timing out behind the others.
+            detail = f"server busy: {self.in_flight} requests in progress (--max_queue {self.max_queue})"
+            return 503, _detail(detail), [*JSON_HEADERS, (b"retry-after", b"1")]
+        self.in_flight += 1
+        try:
+            record = await self._predict(scope, receive)
+        finally:
+            self.in_flight -= 1
+        return (200, json.dumps(record).encode(), JSON_HEADERS) if record is not None else (0, b"", [])
 
     async def _predict(self, scope, receive) -> dict | None:
         """The record for the request's image, or None if the client went away."""
-        declared = _header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        declared = _header(scope, b"content-length").lstrip("0") or "0"
+        if declared.isascii() and declared.isdigit():
             # Answered from the header: a client that declares more than it sends would otherwise hold
-            # the connection until it gives up, waiting for bytes that never come.
-            raise RequestError(413, _too_large(f"{int(declared):,} bytes declared", self.max_bytes))
+            # the connection until it gives up, waiting for bytes that never come. More digits than any
+            # body has are not converted (int() refuses past 4,300 digits).
+            if len(declared) > 20:
+                raise RequestError(413, _too_large(f"a {len(declared)}-digit length declared", self.max_bytes))
+            if int(declared) > self.max_bytes:
+                raise RequestError(413, _too_large(f"{int(declared):,} bytes declared", self.max_bytes))
+        start = time.monotonic()
         with self.batcher.expecting() as ticket:
-            body = await _read_body(receive, self.max_bytes)
+            try:
+                body = await _within(_read_body(receive, self.max_bytes), self.request_timeout)
+            except TimeoutError:
+                raise RequestError(408, f"the request body did not arrive within {self.request_timeout:g} s") from None
             if body is None:
                 return None
             data = await _image_bytes(scope, body)
             try:
-                return await asyncio.wait_for(self.batcher.classify(data, ticket), self.request_timeout)
+                left = self.request_timeout - (time.monotonic() - start)
+                return await _within(self.batcher.classify(data, ticket), max(left, 0.001))
             except TimeoutError:
                 detail = f"no answer within {self.request_timeout:g} s; the server is overloaded"
                 raise RequestError(504, detail) from None
@@ -105,6 +131,15 @@ class PredictionApp:
                 self.batcher.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _within(awaitable, seconds: float):
+    """``awaitable``'s result, TimeoutError after ``seconds``; ``asyncio.timeout`` where Python has it
+    (3.11+), which costs no task per request as ``wait_for`` does there."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def _read_body(receive, max_bytes: int) -> bytes | None:
@@ -125,7 +160,7 @@ async def _read_body(receive, max_bytes: int) -> bytes | None:
 
 async def _image_bytes(scope, body: bytes) -> bytes:
     """The encoded image a request carries: the raw body, a form's first file, or JSON's base64 field."""
-    content_type = _header(scope, b"content-type")
+    content_type = _header(scope, b"content-type").lower()
     if content_type.startswith("application/json"):
         try:
             payload = json.loads(body)
@@ -158,7 +193,11 @@ async def _form_file(scope, body: bytes) -> bytes:
         raise RequestError(400, f"malformed multipart upload ({str(err)[:120] or type(err).__name__})") from None
     try:
         uploads = [value for value in form.values() if hasattr(value, "read")]
-        return await uploads[0].read() if uploads else b""
+        if not uploads:
+            raise RequestError(
+                400, "the multipart upload holds no file; send the image as a file (curl -F file=@cat.png)"
+            )
+        return await uploads[0].read()
     finally:
         await form.close()
 
