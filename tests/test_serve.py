@@ -194,12 +194,7 @@ def test_sigterm_answers_open_requests_and_stops_every_server_process(tmp_path):
         proc.terminate()
         time.sleep(0.3)
         slow.sendall(image[10:])
-        reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < body_length(reply):
-            chunk = slow.recv(4096)  # the headers and the body may come in separate packets
-            if not chunk:
-                break
-            reply += chunk
+        reply = read_reply(slow)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         proc.poll()  # reap serve.py itself: a zombie still counts as a member of its group
@@ -228,12 +223,7 @@ def test_a_declared_length_over_the_limit_is_refused_without_waiting_for_the_bod
             b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
             b"Content-Length: 99000000\r\n\r\nshort"
         )
-        reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < body_length(reply):
-            chunk = conn.recv(4096)  # the headers and the body may come in separate packets
-            if not chunk:
-                break
-            reply += chunk
+        reply = read_reply(conn)
     text = reply.decode("latin-1")
     assert text.startswith("HTTP/1.1 413") and "over the" in text
     assert time.perf_counter() - start < 5
@@ -275,16 +265,22 @@ def test_a_full_queue_is_answered_503_at_once_and_the_server_goes_on(tmp_path):
                 time.sleep(0.05)  # the server may not have read the first one's headers yet
             assert "server busy" in busy.json()["detail"] and busy.headers["Retry-After"] == "1"
             slow.sendall(image[10:])
-            reply = b""
-            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < body_length(reply):
-                chunk = slow.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = read_reply(slow)
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
         assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200
     finally:
         stop(proc)
+
+
+def read_reply(conn) -> bytes:
+    """One whole HTTP reply from a socket: the headers and the body may come in separate packets."""
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < body_length(reply):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
 
 
 def body_length(reply: bytes) -> int:
