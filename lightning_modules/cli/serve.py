@@ -12,7 +12,7 @@ the same answer from both.
 
 One process: uvicorn's event loop reads requests (``inference/http_app.py``) and inference threads
 run the batches (``inference/batcher.py``). LitServe, used before, passed every request through two
-process queues; at 32 clients on one core it answered ~0.18 of the model's rate, this ~0.6
+process queues; at 32 clients on one core it answered ~0.18 of the model's rate, this 0.65-0.72
 (docs/deploy.md).
 """
 
