@@ -214,11 +214,7 @@ class Batcher:
                 job.answer(RequestError(400, str(err)))
         if not readable:
             return
-        try:
-            records = rank(self.model, batch(images, self.model.image_size).to(self.device), self.top_k)
-        except FloatingPointError as err:
-            for job in readable:
-                job.answer(RequestError(500, str(err)))
-            return
+        # A failure here (NaN scores, a device error) is answered 500 for the whole batch by ``_run``.
+        records = rank(self.model, batch(images, self.model.image_size).to(self.device), self.top_k)
         for job, record in zip(readable, records, strict=True):
             job.answer(record)

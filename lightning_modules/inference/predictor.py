@@ -59,9 +59,8 @@ def read_rows(
     Reading runs ahead of the caller, in tasks of ``per_task`` rows (a task per image cost ~70-100
     us of hand-over per 32x32 JPEG, more than reading it), so it overlaps the forward pass. One
     thread reads until images prove slow to read (``PARALLEL_READ_S`` each on average over at least 4:
-    photos), then up to
-    ``threads`` (on 2 cores, 2 threads read 4032x3024 photos ~1.4x faster than 1; small JPEGs no
-    faster, and the second takes CPU from the forward pass). At most ``in_flight`` rows are read
+    photos), then up to ``threads`` (on 2 cores, 2 threads read 4032x3024 photos ~1.4x faster than 1;
+    small JPEGs no faster, and the second takes CPU from the forward pass). At most ``in_flight`` rows are read
     ahead, so a folder of a million photos holds that many small images in memory, not a million; when
     the caller stops, queued tasks are dropped and running ones stop after their current image."""
     threads = threads or reading_threads()
@@ -71,27 +70,33 @@ def read_rows(
     widened = threading.Event()
     timing = [0, 0.0]  # images read and seconds taken, until widened
 
+    def read_one(label: str, path) -> tuple[str, bytes | None, str | None]:
+        try:
+            return label, read_pixels(path, size, name=label), None
+        except ImageFileError as err:
+            return label, None, str(err)
+
+    def timed(seconds: float) -> None:
+        # Only one task reads until widened, so no other thread updates ``timing`` meanwhile.
+        timing[0] += 1
+        timing[1] += seconds
+        if timing[0] >= 4 and timing[1] > PARALLEL_READ_S * timing[0]:
+            widened.set()
+            readers.release(threads - 1)
+
     def read(chunk: list[Row]) -> list[tuple[str, bytes | None, str | None]]:
         out = []
         with readers:
             for label, path, error in chunk:
                 if stopped.is_set():
                     break
-                if error is None:
-                    start = time.perf_counter()
-                    try:
-                        out.append((label, read_pixels(path, size, name=label), None))
-                    except ImageFileError as err:
-                        error = str(err)
-                    if threads > 1 and not widened.is_set():  # one task reads until widened: no race here
-                        timing[0] += 1
-                        timing[1] += time.perf_counter() - start
-                        if timing[0] >= 4 and timing[1] > PARALLEL_READ_S * timing[0]:
-                            widened.set()
-                            readers.release(threads - 1)
-                    if error is None:
-                        continue
-                out.append((label, None, error))
+                if error is not None:
+                    out.append((label, None, error))
+                    continue
+                start = time.perf_counter()
+                out.append(read_one(label, path))
+                if threads > 1 and not widened.is_set():
+                    timed(time.perf_counter() - start)
         return out
 
     pending: deque[Future] = deque()
