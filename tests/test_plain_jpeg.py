@@ -10,7 +10,7 @@ import io
 from unittest import mock
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -52,7 +52,10 @@ def jpegs(draw) -> bytes:
     if draw(st.booleans()):
         options["restart_marker_blocks"] = draw(st.integers(1, 4))
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode=mode).save(buffer, "JPEG", **options)
+    try:
+        Image.fromarray(pixels, mode=mode).save(buffer, "JPEG", **options)
+    except OSError:  # Pillow's encoder: progressive or optimized noise at quality 95+ outgrows its buffer
+        assume(False)
     return buffer.getvalue()
 
 
