@@ -1,11 +1,13 @@
-"""Inference at the model's speed without changing its answers: predict's parallel, bounded reading,
-thread-safe Pillow warnings, and one fast forward whichever way the model was loaded."""
+"""Inference at the model's speed without changing its answers: predict's lanes (reading and forward
+passes in parallel, bounded, in input order), thread-safe Pillow warnings, and one fast forward
+whichever way the model was loaded."""
 
 from __future__ import annotations
 
 import threading
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ from datamodules.image_reader import read_image, read_pixels
 from lightning_modules import ImageClassifier
 from lightning_modules.inference import predictor
 from lightning_modules.inference.checkpoints import load_classifier
-from lightning_modules.inference.predictor import read_rows
+from lightning_modules.inference.predictor import classify
 from tests.helpers import make_image_folder, save_checkpoint
+
+CPU = torch.device("cpu")
 
 
 def image_rows(folder, n: int) -> list:
@@ -31,26 +35,42 @@ def image_rows(folder, n: int) -> list:
     return rows
 
 
-def test_parallel_reading_keeps_input_order_and_each_rows_error(tmp_path):
+@pytest.fixture
+def forwards(monkeypatch):
+    """The model's forward replaced by a recorder: each batch's images, and the record per image is its
+    pixels' sum (so each answer is tied to its own image)."""
+    seen: list[torch.Tensor] = []
+
+    def rank(model, images, top_k):
+        seen.append(images)
+        return [{"label": int(image.sum()), "probability": 1.0, "top_k": []} for image in images]
+
+    monkeypatch.setattr(predictor, "rank", rank)
+    return seen
+
+
+def test_lanes_keep_input_order_and_each_rows_error(tmp_path, forwards):
     rows = image_rows(tmp_path, 40)
     rows.insert(7, ("missing.png", tmp_path / "missing.png", None))
     rows.insert(20, ("pattern*", None, "pattern*: pattern matches no image files"))
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     rows.append(("bad.jpg", tmp_path / "bad.jpg", None))
 
-    got = list(read_rows(rows, 16, threads=4, in_flight=6))
+    got = list(classify(SimpleNamespace(image_size=16), rows, 1, 6, CPU, lanes=4))
 
-    assert [label for label, _, _ in got] == [label for label, _, _ in rows]
-    for (label, path, error), (_, image, read_error) in zip(rows, got, strict=True):
+    assert [r["path"] for r in got] == [label for label, _, _ in rows]
+    for (label, path, error), record in zip(rows, got, strict=True):
         if error is not None or label in ("missing.png", "bad.jpg"):
-            assert image is None and read_error
+            assert record["label"] is None and record["error"]
         else:
-            assert read_error is None and image == read_pixels(path, 16)
-    assert "no such file" in got[7][2] and got[20][2] == "pattern*: pattern matches no image files"
+            pixels = torch.frombuffer(bytearray(read_pixels(path, 16)), dtype=torch.uint8)
+            assert record["error"] is None and record["label"] == int(pixels.sum())
+    assert "no such file" in got[7]["error"] and got[20]["error"] == "pattern*: pattern matches no image files"
+    assert all(len(images) <= 6 for images in forwards)
 
 
-def test_reading_ahead_is_bounded_and_stops_when_the_caller_does(tmp_path, monkeypatch):
-    rows = image_rows(tmp_path, 60)
+def test_reading_ahead_is_bounded_and_stops_when_the_caller_does(tmp_path, monkeypatch, forwards):
+    rows = image_rows(tmp_path, 100)
     started = []
     real = predictor.read_pixels
 
@@ -60,26 +80,26 @@ def test_reading_ahead_is_bounded_and_stops_when_the_caller_does(tmp_path, monke
         return real(path, size, name=name)
 
     monkeypatch.setattr(predictor, "read_pixels", slow)
-    reader = read_rows(rows, 8, threads=2, in_flight=20)
-    next(reader)
-    time.sleep(0.6)  # time enough to read all 60, were reading not bounded
-    assert len(started) <= 21, f"{len(started)} images read for one taken: reading ahead is unbounded"
+    model = SimpleNamespace(image_size=8)
+    records = classify(model, rows, 1, 5, CPU, lanes=2)
+    next(records)
+    time.sleep(0.8)  # time enough for 2 lanes to read all 100, were reading not bounded
+    # Two chunks of at most 5 per lane, one more queued once the first was taken.
+    assert len(started) <= 25, f"{len(started)} images read for one taken: reading ahead is unbounded"
 
-    reader = read_rows(rows, 8, threads=2, in_flight=20)
-    next(reader)
+    records = classify(model, rows, 1, 5, CPU, lanes=2)
+    next(records)
     at_close = len(started)
-    reader.close()  # the caller stops (Ctrl-C, an error): what was queued is dropped, not read
+    records.close()  # the caller stops (Ctrl-C, an error): what was queued is dropped, not read
     assert len(started) <= at_close + 2, "reads queued before the caller stopped went on"
 
 
-@pytest.mark.parametrize(
-    ("seconds", "threads", "readers"), [(0.0001, 3, 1), (0.04, 3, 3), (0.04, 1, 1)],
-    ids=["small-images", "photos", "photos-on-one-core"],
-)  # fmt: skip
-def test_a_second_reader_starts_only_for_images_slow_to_read(monkeypatch, seconds, threads, readers):
-    # Small images: one thread reads (a second only took CPU from the forward pass); images slow to
-    # read (photos, mostly decoding without the GIL): every thread allowed reads. The threshold is
-    # raised to 20 ms so that a busy machine cannot make the fast reads look slow.
+@pytest.mark.parametrize(("seconds", "chunk_sizes"), [(0.0, {64}), (0.02, {1, 2})], ids=["small-images", "photos"])
+def test_chunks_fill_a_batch_of_fast_images_and_spread_slow_ones_over_the_lanes(monkeypatch, forwards, seconds,
+                                                                                chunk_sizes):  # fmt: skip
+    # Small images: after the lanes' first chunks, which time reading, chunks are full batches. Images
+    # slow to read (photos, decoded without the GIL): chunks of at most CHUNK_S of reading (0.05 s: 2
+    # images of 0.02 s, 1 on a busy machine), so both lanes read at once.
     lock, now, most = threading.Lock(), [0], [0]
 
     def timed_read(path, size, name=None):
@@ -92,17 +112,37 @@ def test_a_second_reader_starts_only_for_images_slow_to_read(monkeypatch, second
         return bytes(size * size * 3)
 
     monkeypatch.setattr(predictor, "read_pixels", timed_read)
-    monkeypatch.setattr(predictor, "PARALLEL_READ_S", 0.02)
-    rows = [(f"{i}.jpg", f"{i}.jpg", None) for i in range(200 if seconds < 0.02 else 40)]
-    assert len(list(read_rows(rows, 4, threads=threads, in_flight=96, per_task=4))) == len(rows)
-    assert most[0] == readers
+    monkeypatch.setattr(predictor, "CHUNK_S", 0.05)
+    rows = [(f"{i}.jpg", f"{i}.jpg", None) for i in range(4 * predictor.FIRST_CHUNK + (6 * 64 if seconds == 0 else 8))]
+    assert len(list(classify(SimpleNamespace(image_size=4), rows, 1, 64, CPU, lanes=2))) == len(rows)
+    sizes = [len(images) for images in forwards]
+    assert sizes[:4] == [predictor.FIRST_CHUNK] * 4 and set(sizes[4:]) <= chunk_sizes
+    assert most[0] == 2
 
 
-def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+def test_lanes_share_torchs_threads_and_give_them_back(tmp_path, monkeypatch):
+    seen = []
+
+    def rank(model, images, top_k):
+        seen.append(torch.get_num_threads())
+        return [{"label": "x", "probability": 1.0, "top_k": []}] * len(images)
+
+    monkeypatch.setattr(predictor, "rank", rank)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        rows = image_rows(tmp_path, 12)
+        assert len(list(classify(SimpleNamespace(image_size=8), rows, 1, 4, CPU, lanes=2))) == 12
+        assert set(seen) == {2} and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path, forwards):
     rows = image_rows(tmp_path, 30)
     before = list(warnings.filters)
     for _ in range(5):
-        list(read_rows(rows, 8, threads=4, in_flight=16))
+        list(classify(SimpleNamespace(image_size=8), rows, 1, 4, CPU, lanes=4))
     assert warnings.filters == before
     errors = []
 
@@ -121,11 +161,11 @@ def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
     assert not errors and warnings.filters == before
 
 
-def test_a_decompression_bomb_warning_is_still_an_error_when_reading_in_threads(tmp_path, monkeypatch):
+def test_a_decompression_bomb_warning_is_still_an_error_when_reading_in_threads(tmp_path, monkeypatch, forwards):
     rows = image_rows(tmp_path, 12)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # every image above 50 pixels warns in Pillow
-    got = list(read_rows(rows, 8, threads=4, in_flight=8))
-    assert all(image is None and "too large" in error for _, image, error in got)
+    got = list(classify(SimpleNamespace(image_size=8), rows, 1, 4, CPU, lanes=4))
+    assert all(r["label"] is None and "too large" in r["error"] for r in got) and not forwards
 
 
 @pytest.fixture
@@ -172,14 +212,13 @@ def test_the_lightning_forward_runs_in_the_inference_models_layout_and_gives_its
     assert first_conv_input_layouts(lightning.train(), images) == [False]
 
 
-def test_predict_on_a_folder_reads_in_parallel_and_answers_as_one_thread_did(tmp_path, monkeypatch):
+def test_predict_in_lanes_answers_as_one_lane_does(tmp_path):
     make_image_folder(tmp_path / "data", {"test": 12}, suffix=".jpg")
     ckpt = save_checkpoint(tmp_path / "model.ckpt")
     model = load_classifier(ckpt)
     rows = [(str(p), p, None) for p in sorted((tmp_path / "data").rglob("*.jpg"))]
-    parallel = list(predictor.classify(model, rows, 2, 5, torch.device("cpu")))
-    monkeypatch.setattr(predictor, "reading_threads", lambda: 1)
-    serial = list(predictor.classify(model, rows, 2, 5, torch.device("cpu")))
+    parallel = list(classify(model, rows, 2, 5, CPU, lanes=3))
+    serial = list(classify(model, rows, 2, 5, CPU, lanes=1))
     assert parallel == serial and [r["path"] for r in parallel] == [r[0] for r in rows]
 
 

@@ -3,13 +3,15 @@ test-time augmentation. That every path scores each image as the fit-time test d
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from PIL import Image
 
 from datamodules import sources
+from lightning_modules.inference import predictor
 from lightning_modules.inference.checkpoints import load_classifier
-from lightning_modules.inference.predictor import batch, read_rows
 
 
 def awkward_files(folder) -> list[str]:
@@ -32,15 +34,18 @@ def awkward_files(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_training_and_predict_read_awkward_files_bit_identically(tmp_path):
+def test_training_and_predict_read_awkward_files_bit_identically(tmp_path, monkeypatch):
     root = tmp_path / "data"
     names = awkward_files(root / "train" / "cat")
     (root / "train" / "dog").mkdir()
     Image.new("RGB", (32, 32)).save(root / "train" / "dog" / "plain.png")  # a second class
     data = sources.load(root, cache_dir=tmp_path / "cache", log=lambda m: None)
     rows = [(name, root / "train" / "cat" / name, None) for name in names]
-    predicted = [batch([pixels], 32)[0] for _, pixels, error in read_rows(rows, 32) if error is None]
-    assert len(predicted) == len(names) == len(data.train) - 1
+    # Each record carries the image predict handed the model for it.
+    monkeypatch.setattr(predictor, "rank", lambda model, images, top_k: [{"image": image} for image in images])
+    records = list(predictor.classify(SimpleNamespace(image_size=32), rows, 1, 4, torch.device("cpu")))
+    assert [r["error"] for r in records] == [None] * len(names) and len(names) == len(data.train) - 1
+    predicted = [r["image"] for r in records]
     for name, trained, served in zip(names, data.train.images[: len(names)], predicted, strict=True):
         assert torch.equal(trained, served), f"{name}: training and predict see different pixels"
     # Transparency is composited on white everywhere (the left half of a_rgba.png).

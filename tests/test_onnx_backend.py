@@ -98,3 +98,17 @@ def test_junk_named_onnx_and_onnx_files_where_a_checkpoint_is_needed_are_one_lin
         load_classifier(onnx_file, map_location=torch.device("meta"), onnx=True)
     assert exit_status(export_main, ["--ckpt_path", str(onnx_file), "--format", "torchscript"]) == 2
     assert "for predict.py and serve.py" in capsys.readouterr().err
+
+
+def test_the_onnx_model_runs_with_torchs_thread_count_as_predicts_lanes_set_it(exported):
+    from lightning_modules.inference.onnx_model import OnnxClassifier
+    from lightning_modules.inference.predictor import torch_threads
+
+    model = OnnxClassifier(exported[2])
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    default = model(images)
+    with torch_threads(1):  # as a lane of predict on 2 cores runs
+        one = model(images)
+    assert model._sessions[1].get_session_options().intra_op_num_threads == 1
+    assert model._sessions[torch.get_num_threads()] is model.session
+    torch.testing.assert_close(one, default, rtol=1e-5, atol=1e-5)

@@ -6,8 +6,8 @@ test-time augmentation, and ``rank`` turns logits into ``{label, probability, to
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -37,88 +37,35 @@ def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[d
     return records
 
 
-# Images that take longer than this to read (on average) are mostly decoding and resizing, which
-# release the GIL: more threads read them faster. Below it (a 32x32 JPEG takes ~0.05 ms) the GIL-held
-# part dominates, and a second thread only takes CPU from the forward pass (2 cores, 10 alternated
-# pairs of predict runs: 3,808 against 3,691 images/s, 502 against 521 us of CPU per image).
-PARALLEL_READ_S = 0.001
+# Lanes: threads that each read a chunk of rows and run its forward pass, start to end, with an
+# equal share of torch's threads. On 2 cores, 2 lanes of 1 thread classify a folder of 32x32 JPEGs
+# faster than one reader feeding a 2-thread forward (scripts/bench/predict_speed.py): the reader
+# took a core from the forward, every parallel region waited for that core, and in effect reading and
+# the forward ran one after the other. More than 4 lanes: untested.
+MAX_LANES = 4
+# Seconds of reading a chunk aims at: chunks of slow images (photos, ~0.07 s each) hold a few, so every
+# lane reads some (decoding releases the GIL); fast ones (a 32x32 JPEG, ~50 us) fill a batch.
+CHUNK_S = 0.2
+# Rows in each lane's first chunk, before reading has been timed.
+FIRST_CHUNK = 8
 
 
-def reading_threads() -> int:
-    """Threads that may decode ahead of the forward pass: one per core, at most 4 (past that the
-    GIL-held part of reading is the limit); ``read_rows`` uses more than one only for large images."""
-    return max(1, min(4, os.cpu_count() or 1))
+def inference_lanes() -> int:
+    """Lanes for this process: one per torch thread, at most ``MAX_LANES``."""
+    return max(1, min(MAX_LANES, torch.get_num_threads()))
 
 
-def read_rows(
-    rows: Iterable[Row], size: int, threads: int | None = None, in_flight: int = 512, per_task: int = 16
-) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """(label, pixels or None, error or None) per row, in input order; pixels as ``read_pixels`` gives
-    them (``batch`` makes a tensor of many).
-
-    Reading runs ahead of the caller, in tasks of ``per_task`` rows (a task per image cost ~70-100
-    us of hand-over per 32x32 JPEG, more than reading it), so it overlaps the forward pass. One
-    thread reads until images prove slow to read (``PARALLEL_READ_S`` each on average over at least 4:
-    photos), then up to ``threads`` (on 2 cores, 2 threads read 4032x3024 photos ~1.4x faster than 1;
-    small JPEGs no faster, and the second takes CPU from the forward pass). At most ``in_flight`` rows are read
-    ahead, so a folder of a million photos holds that many small images in memory, not a million; when
-    the caller stops, queued tasks are dropped and running ones stop after their current image."""
-    threads = threads or reading_threads()
-    per_task = max(1, min(per_task, in_flight // (2 * threads)))
-    stopped = threading.Event()
-    readers = threading.Semaphore(1)  # tasks reading at once; opened up to ``threads`` for slow images
-    widened = threading.Event()
-    timing = [0, 0.0]  # images read and seconds taken, until widened
-
-    def read_one(label: str, path) -> tuple[str, bytes | None, str | None]:
-        try:
-            return label, read_pixels(path, size, name=label), None
-        except ImageFileError as err:
-            return label, None, str(err)
-
-    def timed(seconds: float) -> None:
-        # Only one task reads until widened, so no other thread updates ``timing`` meanwhile.
-        timing[0] += 1
-        timing[1] += seconds
-        if timing[0] >= 4 and timing[1] > PARALLEL_READ_S * timing[0]:
-            widened.set()
-            readers.release(threads - 1)
-
-    def read(chunk: list[Row]) -> list[tuple[str, bytes | None, str | None]]:
-        out = []
-        with readers:
-            for label, path, error in chunk:
-                if stopped.is_set():
-                    break
-                if error is not None:
-                    out.append((label, None, error))
-                    continue
-                start = time.perf_counter()
-                out.append(read_one(label, path))
-                if threads > 1 and not widened.is_set():
-                    timed(time.perf_counter() - start)
-        return out
-
-    pending: deque[Future] = deque()
-    rows = iter(rows)
-
-    def submit() -> None:
-        chunk = list(itertools.islice(rows, per_task))
-        if chunk:
-            pending.append(pool.submit(read, chunk))
-
-    # Pillow's warning filters entered once for the whole folder, not once per image (~25 us each).
-    with quiet_pillow(), ThreadPoolExecutor(max_workers=threads) as pool:
-        try:
-            for _ in range(max(1, in_flight // per_task)):
-                submit()
-            while pending:
-                yield from pending.popleft().result()
-                submit()
-        finally:  # the caller stopped early (Ctrl-C, an error): drop what was queued, do not read it
-            stopped.set()
-            for future in pending:
-                future.cancel()
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` (threads started meanwhile take it too), then restored."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != before:
+            torch.set_num_threads(before)
 
 
 def batch(pixels: list[bytes], size: int) -> torch.Tensor:
@@ -129,29 +76,79 @@ def batch(pixels: list[bytes], size: int) -> torch.Tensor:
 
 
 def classify(
-    model: InferenceClassifier, rows: Iterable[Row], top_k: int, batch_size: int, device: torch.device
+    model: InferenceClassifier,
+    rows: Iterable[Row],
+    top_k: int,
+    batch_size: int,
+    device: torch.device,
+    lanes: int | None = None,
 ) -> Iterator[dict]:
-    """One record per input row, in input order; images run through the model in batches while the
-    next batch is being read."""
-    chunk: list[tuple[str, bytes | None, str | None]] = []
-    images = 0
-    for item in read_rows(rows, model.image_size, in_flight=max(2 * batch_size, 64)):
-        chunk.append(item)
-        images += item[1] is not None
-        if images >= batch_size:
-            yield from _classify_chunk(model, chunk, top_k, device)
-            chunk, images = [], 0
-    yield from _classify_chunk(model, chunk, top_k, device)
+    """One record per input row, in input order.
 
+    Chunks of consecutive rows (at most ``batch_size``; fewer of images slow to read, see ``CHUNK_S``)
+    go to ``lanes`` threads (``inference_lanes()`` by default), each of which reads its chunk and runs
+    its forward pass, so one lane reads while another computes. At most two chunks per lane are queued
+    or running, so a folder of a million photos holds a few batches of small images in memory, not a
+    million; when the caller stops, queued chunks are dropped and running ones stop after their
+    current image."""
+    lanes = lanes or inference_lanes()
+    size = model.image_size
+    stopped = threading.Event()
+    lock = threading.Lock()
+    timing = [0, 0.0]  # rows read and seconds taken, over the chunks read so far
 
-def _classify_chunk(model, chunk, top_k: int, device: torch.device) -> Iterator[dict]:
-    pixels = [image for _, image, _ in chunk if image is not None]
-    ranked = iter(rank(model, batch(pixels, model.image_size).to(device), top_k) if pixels else [])
-    for label, image, error in chunk:
-        if image is None:
-            yield {"path": label, "label": None, "probability": None, "top_k": [], "error": error}
-        else:
-            yield {"path": label, **next(ranked), "error": None}
+    def run(chunk: list[Row]) -> list[dict]:
+        labels, errors, pixels = [], [], []
+        start = time.perf_counter()
+        for label, path, error in chunk:
+            if stopped.is_set():
+                return []
+            if error is None:
+                try:
+                    pixels.append(read_pixels(path, size, name=label))
+                except ImageFileError as err:
+                    error = str(err)
+            labels.append(label)
+            errors.append(error)
+        with lock:
+            timing[0] += len(chunk)
+            timing[1] += time.perf_counter() - start
+        ranked = iter(rank(model, batch(pixels, size).to(device), top_k) if pixels else [])
+        return [
+            {"path": label, "label": None, "probability": None, "top_k": [], "error": error}
+            if error is not None
+            else {"path": label, **next(ranked), "error": None}
+            for label, error in zip(labels, errors, strict=True)
+        ]
+
+    def chunk_rows() -> int:
+        with lock:
+            read, seconds = timing
+        if not read:
+            return min(batch_size, FIRST_CHUNK)
+        return max(1, min(batch_size, int(CHUNK_S * read / max(seconds, 1e-9))))
+
+    pending: deque[Future] = deque()
+    rows = iter(rows)
+
+    def submit() -> None:
+        chunk = list(itertools.islice(rows, chunk_rows()))
+        if chunk:
+            pending.append(pool.submit(run, chunk))
+
+    # Pillow's warning filters entered once for the whole run, not once per image (~25 us each).
+    with quiet_pillow(), torch_threads(max(1, torch.get_num_threads() // lanes)):
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="predict-lane") as pool:
+            try:
+                for _ in range(2 * lanes):
+                    submit()
+                while pending:
+                    yield from pending.popleft().result()
+                    submit()
+            finally:  # the caller stopped early (Ctrl-C, an error): drop what was queued, do not read it
+                stopped.set()
+                for future in pending:
+                    future.cancel()
 
 
 def folder_accuracy(records: list[dict], class_names: list[str]) -> tuple[int, int] | None:
