@@ -18,7 +18,7 @@ from datamodules.image_reader import read_image, read_pixels
 from lightning_modules import ImageClassifier
 from lightning_modules.inference import predictor
 from lightning_modules.inference.checkpoints import load_classifier
-from lightning_modules.inference.predictor import classify
+from lightning_modules.inference.predictor import chunks, classify
 from tests.helpers import make_image_folder, save_checkpoint
 
 CPU = torch.device("cpu")
@@ -94,46 +94,70 @@ def test_reading_ahead_is_bounded_and_stops_when_the_caller_does(tmp_path, monke
     assert len(started) <= at_close + 2, "reads queued before the caller stopped went on"
 
 
-@pytest.mark.parametrize(("seconds", "chunk_sizes"), [(0.0, {64}), (0.02, {1, 2})], ids=["small-images", "photos"])
-def test_chunks_fill_a_batch_of_fast_images_and_spread_slow_ones_over_the_lanes(monkeypatch, forwards, seconds,
-                                                                                chunk_sizes):  # fmt: skip
-    # Small images: after the lanes' first chunks, which time reading, chunks are full batches. Images
-    # slow to read (photos, decoded without the GIL): chunks of at most CHUNK_S of reading (0.05 s: 2
-    # images of 0.02 s, 1 on a busy machine), so both lanes read at once.
+def test_chunks_fill_a_batch_of_small_files_and_hold_few_large_ones(tmp_path, monkeypatch):
+    # Decoding time grows with a file's size: a chunk of phone photos holds one or two, so that every
+    # lane decodes some, and small images fill a batch. By bytes on disk, so the same files make the
+    # same batches in every run (a batch's size can move a probability's 6th decimal).
+    monkeypatch.setattr(predictor, "CHUNK_BYTES", 10_000)
+    rows = []
+    for i, size in enumerate([100] * 70 + [6_000] * 3 + [100] * 5 + [50_000] + [100] * 2):
+        (tmp_path / f"{i:03d}.jpg").write_bytes(bytes(size))
+        rows.append((f"{i:03d}.jpg", str(tmp_path / f"{i:03d}.jpg"), None))
+    rows.insert(3, ("missing.jpg", str(tmp_path / "missing.jpg"), None))
+    rows.insert(5, ("pattern*", None, "pattern*: pattern matches no image files"))
+    got = list(chunks(rows, 32))
+    assert [row for chunk in got for row in chunk] == rows
+    # 8 small + a large; a large alone; a large + 5 small; the largest alone; the last 2 small.
+    assert [len(c) for c in got] == [32, 32, 9, 1, 6, 1, 2]
+
+
+def test_lanes_read_slow_images_at_once(tmp_path, monkeypatch, forwards):
     lock, now, most = threading.Lock(), [0], [0]
 
-    def timed_read(path, size, name=None):
+    def slow_read(path, size, name=None):
         with lock:
             now[0] += 1
             most[0] = max(most[0], now[0])
-        time.sleep(seconds)
+        time.sleep(0.02)
         with lock:
             now[0] -= 1
         return bytes(size * size * 3)
 
-    monkeypatch.setattr(predictor, "read_pixels", timed_read)
-    monkeypatch.setattr(predictor, "CHUNK_S", 0.05)
-    rows = [(f"{i}.jpg", f"{i}.jpg", None) for i in range(4 * predictor.FIRST_CHUNK + (6 * 64 if seconds == 0 else 8))]
+    monkeypatch.setattr(predictor, "read_pixels", slow_read)
+    monkeypatch.setattr(predictor, "CHUNK_BYTES", 1_000)
+    rows = []
+    for i in range(12):
+        (tmp_path / f"{i}.jpg").write_bytes(bytes(800))  # a chunk each, as phone photos are
+        rows.append((f"{i}.jpg", str(tmp_path / f"{i}.jpg"), None))
     assert len(list(classify(SimpleNamespace(image_size=4), rows, 1, 64, CPU, lanes=2))) == len(rows)
-    sizes = [len(images) for images in forwards]
-    assert sizes[:4] == [predictor.FIRST_CHUNK] * 4 and set(sizes[4:]) <= chunk_sizes
-    assert most[0] == 2
+    assert most[0] == 2 and [len(images) for images in forwards] == [1] * len(rows)
 
 
-def test_lanes_share_torchs_threads_and_give_them_back(tmp_path, monkeypatch):
-    seen = []
+@pytest.mark.parametrize(("threads", "lanes", "shares"), [(4, 2, [2, 2]), (6, 4, [2, 2, 1, 1]), (2, 3, [1, 1, 1])])
+def test_lanes_share_torchs_threads_and_give_them_back(tmp_path, monkeypatch, threads, lanes, shares):
+    seen = {}
 
     def rank(model, images, top_k):
-        seen.append(torch.get_num_threads())
+        seen[threading.get_ident()] = torch.get_num_threads()
+        time.sleep(0.01)  # every lane gets a chunk
         return [{"label": "x", "probability": 1.0, "top_k": []}] * len(images)
 
     monkeypatch.setattr(predictor, "rank", rank)
     before = torch.get_num_threads()
-    torch.set_num_threads(4)
+    torch.set_num_threads(threads)
     try:
-        rows = image_rows(tmp_path, 12)
-        assert len(list(classify(SimpleNamespace(image_size=8), rows, 1, 4, CPU, lanes=2))) == 12
-        assert set(seen) == {2} and torch.get_num_threads() == 4
+        rows = image_rows(tmp_path, 24)
+        records = classify(SimpleNamespace(image_size=8), rows, 1, 2, CPU, lanes=lanes)
+        next(records)
+        assert torch.get_num_threads() == threads  # the caller's thread keeps its own count meanwhile
+        assert len(list(records)) == 23
+        assert sorted(seen.values(), reverse=True) == shares and torch.get_num_threads() == threads
+        # Threads started after a run take the count the caller had, not a lane's.
+        later = []
+        worker = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert later == [threads]
     finally:
         torch.set_num_threads(before)
 

@@ -102,13 +102,15 @@ def test_junk_named_onnx_and_onnx_files_where_a_checkpoint_is_needed_are_one_lin
 
 def test_the_onnx_model_runs_with_torchs_thread_count_as_predicts_lanes_set_it(exported):
     from lightning_modules.inference.onnx_model import OnnxClassifier
-    from lightning_modules.inference.predictor import torch_threads
 
     model = OnnxClassifier(exported[2])
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    default = model(images)
-    with torch_threads(1):  # as a lane of predict on 2 cores runs
+    default, threads = model(images), torch.get_num_threads()
+    torch.set_num_threads(1)  # as a lane of predict on 2 cores runs
+    try:
         one = model(images)
+    finally:
+        torch.set_num_threads(threads)
     assert model._sessions[1].get_session_options().intra_op_num_threads == 1
     assert model._sessions[torch.get_num_threads()] is model.session
     torch.testing.assert_close(one, default, rtol=1e-5, atol=1e-5)

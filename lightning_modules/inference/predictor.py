@@ -7,9 +7,8 @@ test-time augmentation, and ``rank`` turns logits into ``{label, probability, to
 from __future__ import annotations
 
 import contextlib
-import itertools
+import os
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,17 +36,18 @@ def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[d
     return records
 
 
-# Lanes: threads that each read a chunk of rows and run its forward pass, start to end, with an
-# equal share of torch's threads. On 2 cores, 2 lanes of 1 thread classify a folder of 32x32 JPEGs
-# faster than one reader feeding a 2-thread forward (scripts/bench/predict_speed.py): the reader
-# took a core from the forward, every parallel region waited for that core, and in effect reading and
-# the forward ran one after the other. More than 4 lanes: untested.
+# Lanes: threads that each read a chunk of rows and run its forward pass, start to end, with a share
+# of torch's threads. On 2 cores, 2 lanes of 1 thread classify a folder of 32x32 JPEGs faster than
+# one reader feeding a 2-thread forward (scripts/bench/predict_speed.py): the reader took a core
+# from the forward, every parallel region waited for that core, and in effect reading and the
+# forward ran one after the other. More than 4 lanes: untested.
 MAX_LANES = 4
-# Seconds of reading a chunk aims at: chunks of slow images (photos, ~0.07 s each) hold a few, so every
-# lane reads some (decoding releases the GIL); fast ones (a 32x32 JPEG, ~50 us) fill a batch.
-CHUNK_S = 0.2
-# Rows in each lane's first chunk, before reading has been timed.
-FIRST_CHUNK = 8
+# A chunk holds at most this many bytes of image files (and ``batch_size`` rows): decoding time grows
+# with a file's size, so a chunk of phone photos (~3 MB each) holds one and every lane decodes some
+# (decoding releases the GIL), while 32x32 JPEGs (~1 KB) fill a batch. Bytes, not measured reading
+# time, so that the same files make the same batches, and the same answers to the last digit (a
+# batch's size can move a probability's 6th decimal), in every run.
+CHUNK_BYTES = 1 << 20
 
 
 def inference_lanes() -> int:
@@ -55,17 +55,32 @@ def inference_lanes() -> int:
     return max(1, min(MAX_LANES, torch.get_num_threads()))
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` (threads started meanwhile take it too), then restored."""
-    before = torch.get_num_threads()
-    if count != before:
-        torch.set_num_threads(count)
+def thread_shares(threads: int, lanes: int) -> list[int]:
+    """torch threads for each lane: ``threads`` split as evenly as it goes, at least 1 each."""
+    return [max(1, threads // lanes + (i < threads % lanes)) for i in range(lanes)]
+
+
+def chunks(rows: Iterable[Row], batch_size: int) -> Iterator[list[Row]]:
+    """Consecutive rows, each chunk at most ``batch_size`` rows and ``CHUNK_BYTES`` of files (or one
+    row, whatever its size)."""
+    chunk: list[Row] = []
+    held = 0
+    for row in rows:
+        size = _file_size(row[1]) if row[2] is None else 0
+        if chunk and (len(chunk) >= batch_size or held + size > CHUNK_BYTES):
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(row)
+        held += size
+    if chunk:
+        yield chunk
+
+
+def _file_size(path) -> int:
     try:
-        yield
-    finally:
-        if count != before:
-            torch.set_num_threads(before)
+        return os.stat(path).st_size
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name: the reader says which
+        return 0
 
 
 def batch(pixels: list[bytes], size: int) -> torch.Tensor:
@@ -85,21 +100,21 @@ def classify(
 ) -> Iterator[dict]:
     """One record per input row, in input order.
 
-    Chunks of consecutive rows (at most ``batch_size``; fewer of images slow to read, see ``CHUNK_S``)
-    go to ``lanes`` threads (``inference_lanes()`` by default), each of which reads its chunk and runs
-    its forward pass, so one lane reads while another computes. At most two chunks per lane are queued
-    or running, so a folder of a million photos holds a few batches of small images in memory, not a
-    million; when the caller stops, queued chunks are dropped and running ones stop after their
-    current image."""
+    ``chunks`` of consecutive rows go to ``lanes`` threads (``inference_lanes()`` by default), each of
+    which reads its chunk and runs its forward pass with its share of torch's threads (set in the lane
+    only: the caller's thread keeps its own count), so one lane reads while another computes. At most
+    two chunks per lane are queued or running, so a folder of a million photos holds a few batches of
+    small images in memory, not a million. When the caller stops, queued chunks are dropped and
+    running ones stop after their current image, or after their forward pass if it has begun."""
     lanes = lanes or inference_lanes()
     size = model.image_size
     stopped = threading.Event()
-    lock = threading.Lock()
-    timing = [0, 0.0]  # rows read and seconds taken, over the chunks read so far
+    shares = thread_shares(torch.get_num_threads(), lanes)
+    # MPS aborts the process on forward passes from two threads at once; CPU and CUDA take them.
+    forward_lock = threading.Lock() if device.type == "mps" else contextlib.nullcontext()
 
     def run(chunk: list[Row]) -> list[dict]:
         labels, errors, pixels = [], [], []
-        start = time.perf_counter()
         for label, path, error in chunk:
             if stopped.is_set():
                 return []
@@ -110,10 +125,10 @@ def classify(
                     error = str(err)
             labels.append(label)
             errors.append(error)
-        with lock:
-            timing[0] += len(chunk)
-            timing[1] += time.perf_counter() - start
-        ranked = iter(rank(model, batch(pixels, size).to(device), top_k) if pixels else [])
+        if stopped.is_set():
+            return []
+        with forward_lock:
+            ranked = iter(rank(model, batch(pixels, size).to(device), top_k) if pixels else [])
         return [
             {"path": label, "label": None, "probability": None, "top_k": [], "error": error}
             if error is not None
@@ -121,34 +136,36 @@ def classify(
             for label, error in zip(labels, errors, strict=True)
         ]
 
-    def chunk_rows() -> int:
-        with lock:
-            read, seconds = timing
-        if not read:
-            return min(batch_size, FIRST_CHUNK)
-        return max(1, min(batch_size, int(CHUNK_S * read / max(seconds, 1e-9))))
+    def start_lane() -> None:
+        # A thread's first torch call sets its count to the one last set anywhere (another lane's share):
+        # made first, so that this lane's own share is the one that stays.
+        torch.get_num_threads()
+        torch.set_num_threads(shares.pop())
 
     pending: deque[Future] = deque()
-    rows = iter(rows)
+    todo = chunks(rows, batch_size)
 
     def submit() -> None:
-        chunk = list(itertools.islice(rows, chunk_rows()))
-        if chunk:
+        chunk = next(todo, None)
+        if chunk is not None:
             pending.append(pool.submit(run, chunk))
 
+    before = torch.get_num_threads()
     # Pillow's warning filters entered once for the whole run, not once per image (~25 us each).
-    with quiet_pillow(), torch_threads(max(1, torch.get_num_threads() // lanes)):
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="predict-lane") as pool:
-            try:
-                for _ in range(2 * lanes):
-                    submit()
-                while pending:
-                    yield from pending.popleft().result()
-                    submit()
-            finally:  # the caller stopped early (Ctrl-C, an error): drop what was queued, do not read it
-                stopped.set()
-                for future in pending:
-                    future.cancel()
+    with quiet_pillow(), ThreadPoolExecutor(lanes, "predict-lane", start_lane) as pool:
+        try:
+            for _ in range(2 * lanes):
+                submit()
+            while pending:
+                yield from pending.popleft().result()
+                submit()
+        finally:  # the caller stopped early (Ctrl-C, an error): drop what was queued, do not read it
+            stopped.set()
+            for future in pending:
+                future.cancel()
+            pool.shutdown()
+            # A lane's set_num_threads also set the count that threads started later take up: give it back.
+            torch.set_num_threads(before)
 
 
 def folder_accuracy(records: list[dict], class_names: list[str]) -> tuple[int, int] | None:
