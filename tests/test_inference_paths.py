@@ -162,6 +162,23 @@ def test_lanes_share_torchs_threads_and_give_them_back(tmp_path, monkeypatch, th
         torch.set_num_threads(before)
 
 
+def test_a_run_of_one_chunk_gets_the_largest_share(tmp_path, monkeypatch):
+    seen = []
+
+    def rank(model, images, top_k):
+        seen.append(torch.get_num_threads())
+        return [{}] * len(images)
+
+    monkeypatch.setattr(predictor, "rank", rank)
+    before = torch.get_num_threads()
+    torch.set_num_threads(6)
+    try:
+        assert len(list(classify(SimpleNamespace(image_size=8), image_rows(tmp_path, 5), 1, 8, CPU, lanes=4))) == 5
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2]  # of shares 2, 2, 1, 1
+
+
 def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path, forwards):
     rows = image_rows(tmp_path, 30)
     before = list(warnings.filters)

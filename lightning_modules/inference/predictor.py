@@ -46,7 +46,8 @@ MAX_LANES = 4
 # with a file's size, so a chunk of phone photos (~3 MB each) holds one and every lane decodes some
 # (decoding releases the GIL), while 32x32 JPEGs (~1 KB) fill a batch. Bytes, not measured reading
 # time, so that the same files make the same batches, and the same answers to the last digit (a
-# batch's size can move a probability's 6th decimal), in every run.
+# batch's size can move a probability's 6th decimal), in every run. The cost: files far smaller than
+# their pixels (a flat 12-megapixel PNG of 41 KB) share a chunk, which one lane decodes.
 CHUNK_BYTES = 1 << 20
 
 
@@ -56,7 +57,7 @@ def inference_lanes() -> int:
 
 
 def thread_shares(threads: int, lanes: int) -> list[int]:
-    """torch threads for each lane: ``threads`` split as evenly as it goes, at least 1 each."""
+    """torch threads for each lane, largest first: ``threads`` split as evenly as it goes, at least 1 each."""
     return [max(1, threads // lanes + (i < threads % lanes)) for i in range(lanes)]
 
 
@@ -101,8 +102,9 @@ def classify(
     """One record per input row, in input order.
 
     ``chunks`` of consecutive rows go to ``lanes`` threads (``inference_lanes()`` by default), each of
-    which reads its chunk and runs its forward pass with its share of torch's threads (set in the lane
-    only: the caller's thread keeps its own count), so one lane reads while another computes. At most
+    which reads its chunk and runs its forward pass with its share of torch's threads (set in the lane:
+    the caller's thread keeps its own count; threads started during a run take a lane's), so one lane
+    reads while another computes. At most
     two chunks per lane are queued or running, so a folder of a million photos holds a few batches of
     small images in memory, not a million. When the caller stops, queued chunks are dropped and
     running ones stop after their current image, or after their forward pass if it has begun."""
@@ -140,7 +142,7 @@ def classify(
         # A thread's first torch call sets its count to the one last set anywhere (another lane's share):
         # made first, so that this lane's own share is the one that stays.
         torch.get_num_threads()
-        torch.set_num_threads(shares.pop())
+        torch.set_num_threads(shares.pop(0))  # the largest first: a folder of one chunk gets the most
 
     pending: deque[Future] = deque()
     todo = chunks(rows, batch_size)
@@ -163,9 +165,10 @@ def classify(
             stopped.set()
             for future in pending:
                 future.cancel()
-            pool.shutdown()
-            # A lane's set_num_threads also set the count that threads started later take up: give it back.
-            torch.set_num_threads(before)
+            try:
+                pool.shutdown()
+            finally:  # a lane's set_num_threads also set the count threads started later take up
+                torch.set_num_threads(before)
 
 
 def folder_accuracy(records: list[dict], class_names: list[str]) -> tuple[int, int] | None:
