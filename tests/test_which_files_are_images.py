@@ -92,5 +92,19 @@ def test_a_folder_nested_past_the_path_limit_says_why_it_found_nothing(tmp_path)
     with os.fdopen(fd, "wb") as f:
         Image.new("RGB", (4, 4)).save(f, "PNG")
     os.close(here)
-    (row,) = expand_inputs([str(tmp_path / "d")])
-    assert row[1] is None and "could not be read" in row[2] and "File name too long" in row[2]
+    try:
+        (row,) = expand_inputs([str(tmp_path / "d")])
+        assert row[1] is None and "could not be read" in row[2] and "File name too long" in row[2]
+    finally:  # bottom-up, by folder handles: pytest's clean-up (shutil.rmtree) recurses and fails at this depth
+        here = os.open(tmp_path, os.O_RDONLY)
+        for _ in range(2100):
+            below = os.open("d", os.O_RDONLY, dir_fd=here)
+            os.close(here)
+            here = below
+        os.unlink("x.png", dir_fd=here)
+        for _ in range(2100):
+            above = os.open("..", os.O_RDONLY, dir_fd=here)
+            os.close(here)
+            os.rmdir("d", dir_fd=above)
+            here = above
+        os.close(here)
