@@ -104,15 +104,15 @@ def classify(
     ``chunks`` of consecutive rows go to ``lanes`` threads (``inference_lanes()`` by default), each of
     which reads its chunk and runs its forward pass with its share of torch's threads (set in the lane:
     the caller's thread keeps its own count; threads started during a run take a lane's), so one lane
-    reads while another computes. At most
-    two chunks per lane are queued or running, so a folder of a million photos holds a few batches of
-    small images in memory, not a million. When the caller stops, queued chunks are dropped and
-    running ones stop after their current image, or after their forward pass if it has begun."""
+    reads while another computes. At most two chunks per lane are queued or running, so a folder of a
+    million photos holds a few batches of small images in memory, not a million. When the caller
+    stops, queued chunks are dropped and running ones stop after their current image, or after their
+    forward pass if it has begun."""
     lanes = lanes or inference_lanes()
     size = model.image_size
     stopped = threading.Event()
     shares = thread_shares(torch.get_num_threads(), lanes)
-    # MPS aborts the process on forward passes from two threads at once; CPU and CUDA take them.
+    # MPS can crash the process on tensor work from two threads at once (pytorch/pytorch#197805).
     forward_lock = threading.Lock() if device.type == "mps" else contextlib.nullcontext()
 
     def run(chunk: list[Row]) -> list[dict]:
