@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,20 @@ def run_log_records(path: Path) -> list:
     return records
 
 
+def finished_run_log(path: Path, timeout_s: float = 60.0) -> list:
+    """The run log's records once W&B's own process has written the run's end: ``wandb.finish()``
+    returns before that process has flushed the file (seen in CI: a log with no records yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = run_log_records(path)
+        except Exception:  # a record cut in half by the write in progress
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_an_offline_run_holds_the_metrics_config_and_artifacts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -66,7 +81,7 @@ def test_an_offline_run_holds_the_metrics_config_and_artifacts(tmp_path, monkeyp
     for name in ("report.json", "report.md", "confusion_matrix.png", "acc_per_class.png", "checkpoints/best.ckpt"):
         assert (files / name).is_file(), f"{name} is not among the run's files"
 
-    records = run_log_records(next(offline.glob("run-*.wandb")))
+    records = finished_run_log(next(offline.glob("run-*.wandb")))
     history = [
         {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
         for r in records
