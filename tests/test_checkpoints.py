@@ -137,6 +137,15 @@ def test_state_dict_of_another_network_is_refused(tmp_path):
         load_classifier(tmp_path / "other.pth")
 
 
+@pytest.mark.parametrize("head", [(), (0, 64), (3, 64), (200_000, 64), (10, 64, 1)])
+def test_a_tutorial_file_with_another_head_is_refused_by_its_shape(tmp_path, head):
+    state = Tudui(num_classes=10).state_dict()
+    state["model.8.weight"] = torch.zeros(head)
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=re.escape(f"has a last layer of shape {head}")):
+        load_classifier(tmp_path / "odd.pth")
+
+
 # --- checkpoints written before the layout of lightning_modules changed -----------------------
 
 # What fit.py recorded before callbacks moved to lightning_modules/callbacks/: the callback state key
@@ -189,6 +198,15 @@ def test_checkpoints_from_before_the_move_still_predict_export_and_resume(tta_ru
         (lambda c: c["hyper_parameters"].update(class_names=["cat", "dog\nship", "x"]), "line breaks"),
         (lambda c: c["hyper_parameters"].update(class_names=["cat", 7, "ship"]), "non-empty text"),
         (lambda c: c.update(hyper_parameters=[1, 2]), "must be mappings"),
+        (lambda c: c["hyper_parameters"].update(class_names=torch.zeros(3)), "class_names must be a list"),
+        (lambda c: c["hyper_parameters"].update(class_names=["cat", "d" * 256, "ship"]), "longer than 255"),
+        (lambda c: c["hyper_parameters"]["net"].update(init_args=[["num_classes", 3]]), "must be a mapping, got list"),
+        (lambda c: c["hyper_parameters"]["net"].update(init_args="num_classes=3"), "must be a mapping, got str"),
+        # Tudui's own size check (a ValueError) while the file is probed: 64x64 images for a 32x32 network.
+        (lambda c: c["hyper_parameters"].update(image_size=64), "does not run on 64x64 images"),
+        # Finite weights near float32's limit: a black image scores fine, a white one overflows.
+        (lambda c: c["state_dict"]["net.model.0.weight"].fill_(1e38), "scores a plain image as NaN or infinity"),
+        (lambda c: c["state_dict"].pop("net.model.8.bias"), 'Missing key(s) in state_dict: "net.model.8.bias"'),
     ],
 )
 def test_class_names_and_hyper_parameters_of_odd_shape_are_refused(tmp_path, change, says):

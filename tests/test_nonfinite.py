@@ -70,3 +70,41 @@ def test_fit_refuses_a_huge_network_in_one_line(tmp_path, monkeypatch, capsys):
     assert exit_status(fit_main, args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "width 100000" in err[-1]
+
+
+class NaNOnBright(torch.nn.Module):
+    """Scores NaN for images brighter than mid-grey and equal scores otherwise: a model that overflows on
+    some inputs only (the load-time probe cannot see every image)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), 3)
+        logits[x.mean(dim=(1, 2, 3)) > 0.5] = float("nan")
+        return logits
+
+
+def test_an_image_scored_nan_fails_alone_in_predict_and_serve(tmp_path):
+
+    from helpers import batcher_answers
+    from PIL import Image
+
+    from lightning_modules.inference.batcher import Batcher, RequestError
+    from lightning_modules.inference.model import InferenceClassifier
+    from lightning_modules.inference.predictor import NONFINITE, classify
+
+    model = InferenceClassifier(NaNOnBright(), ["a", "b", "c"], image_size=8).to_device("cpu").eval()
+    shades = [0, 255, 40]
+    rows, blobs = [], []
+    for i, shade in enumerate(shades):
+        Image.new("RGB", (8, 8), (shade,) * 3).save(tmp_path / f"{i}.png")
+        rows.append((f"{i}.png", tmp_path / f"{i}.png", None))
+        blobs.append((tmp_path / f"{i}.png").read_bytes())
+
+    records = list(classify(model, rows, 2, 8, torch.device("cpu"), lanes=1))
+    assert [r["error"] for r in records] == [None, NONFINITE, None]
+    assert records[1]["label"] is None and records[1]["probability"] is None and records[1]["top_k"] == []
+    assert records[0]["probability"] == pytest.approx(1 / 3, abs=1e-6)
+    assert list(records[0]) == ["path", "label", "probability", "top_k", "error"]  # predict's column order
+
+    answers = batcher_answers(Batcher(model), blobs)
+    assert isinstance(answers[1], RequestError) and answers[1].status == 500 and "NaN" in str(answers[1])
+    assert answers[0]["probability"] == pytest.approx(1 / 3, abs=1e-6) and isinstance(answers[2], dict)

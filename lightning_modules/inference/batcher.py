@@ -214,7 +214,7 @@ class Batcher:
                 job.answer(RequestError(400, str(err)))
         if not readable:
             return
-        # A failure here (NaN scores, a device error) is answered 500 for the whole batch by ``_run``.
+        # A failure here (a device error) is answered 500 for the whole batch by ``_run``.
         records = rank(self.model, batch(images, self.model.image_size).to(self.device), self.top_k)
         for job, record in zip(readable, records, strict=True):
-            job.answer(record)
+            job.answer(RequestError(500, record["error"]) if "error" in record else record)

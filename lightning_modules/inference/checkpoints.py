@@ -39,6 +39,7 @@ LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 CLASSIFIER_PATHS = ("lightning_modules.classifier.ImageClassifier", "lightning_modules.ImageClassifier")
 # Ranges of hyper-parameters read from a file, checked before anything is allocated from them.
 MAX_IMAGE_SIZE = 1024
+MAX_NAME_LENGTH = 255  # characters: a class name is a folder's name, which file systems cap at 255
 
 
 class CheckpointError(Exception):
@@ -109,14 +110,18 @@ def _load(path: Path) -> InferenceClassifier:
 
 
 def _tutorial_classifier(state: Mapping[str, torch.Tensor], path: Path) -> InferenceClassifier:
-    num_classes = state["model.8.weight"].shape[0] if "model.8.weight" in state else 10
-    net = Tudui(num_classes=num_classes)
+    head = state.get("model.8.weight")
+    # The head's rows are the outputs; checked before a network is built from the count.
+    if head is not None and (head.dim() != 2 or head.shape[0] != len(CIFAR10_CLASSES)):
+        raise CheckpointError(
+            f"{path} has a last layer of shape {tuple(head.shape)}; tutorial files are taken as CIFAR-10 "
+            f"(10 outputs, weights of shape (10, 64))"
+        )
+    net = Tudui(num_classes=len(CIFAR10_CLASSES))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match the tutorial network: {str(err).splitlines()[0]}") from None
-    if num_classes != len(CIFAR10_CLASSES):
-        raise CheckpointError(f"{path} has {num_classes} outputs; tutorial files are taken as CIFAR-10 (10 classes)")
+        raise CheckpointError(f"{path} does not match the tutorial network: {_reason(err)}") from None
     model = InferenceClassifier(net, class_names=CIFAR10_CLASSES, image_size=32)
     # Such files know no class names; the caller says so to the user.
     model.class_names_assumed = True
@@ -137,7 +142,11 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
     if not isinstance(net_spec, Mapping) or not isinstance(net_spec.get("class_path"), str):
         raise CheckpointError(f"{path} does not say which network it holds (hyper-parameter 'net')")
     network = _allowed_net(net_spec["class_path"], path)
-    init_args = dict(net_spec.get("init_args") or {})
+    init_args = net_spec.get("init_args")
+    if not isinstance(init_args, Mapping | None):
+        kind = type(init_args).__name__
+        raise CheckpointError(f"refused {path}: the network's init_args must be a mapping, got {kind}")
+    init_args = dict(init_args or {})
     if not all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in init_args.values()):
         raise CheckpointError(f"refused {path}: the network's arguments are not plain values")
     class_names, image_size, mean, std, tta = _checked_contract(hparams, path)
@@ -153,14 +162,21 @@ def _lightning_classifier(checkpoint: Mapping[str, Any], path: Path) -> Inferenc
         model = InferenceClassifier(network(**init_args), class_names, image_size, mean, std, tta)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} does not match its own description: {str(err).splitlines()[0][:300]}") from None
-    model.class_names_assumed = not hparams.get("class_names")
+        raise CheckpointError(f"{path} does not match its own description: {_reason(err)}") from None
+    model.class_names_assumed = _stored_names(hparams) is None
     return model
+
+
+def _stored_names(hparams: Mapping[str, Any]) -> Any:
+    """The file's class names, or None where it has none (None or an empty list: CIFAR-10's are taken)."""
+    names = hparams.get("class_names")
+    return None if names is None or (isinstance(names, (list, tuple)) and not names) else names
 
 
 def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str], int, tuple, tuple, str]:
     """Class names, image size, mean, std and TTA from a file, range-checked before any use."""
-    names = check_class_names(hparams.get("class_names") or list(CIFAR10_CLASSES), path)
+    stored = _stored_names(hparams)
+    names = check_class_names(list(CIFAR10_CLASSES) if stored is None else stored, path)
     size = check_image_size(hparams.get("image_size", 32), path)
     mean, std = hparams.get("mean", (0.0, 0.0, 0.0)), hparams.get("std", (1.0, 1.0, 1.0))
     for name, values in (("mean", mean), ("std", std)):
@@ -179,12 +195,15 @@ def _checked_contract(hparams: Mapping[str, Any], path: Path) -> tuple[list[str]
 
 
 def check_class_names(names: Any, path) -> list:
-    """A file's class names, refused unless 1 to MAX_CLASSES distinct non-empty one-line texts."""
+    """A file's class names, refused unless 1 to MAX_CLASSES distinct non-empty one-line texts of at most
+    MAX_NAME_LENGTH characters."""
     if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
         raise CheckpointError(f"refused {path}: class_names must be a list of 1 to {MAX_CLASSES:,} names")
     # Names print as one column of a tab-separated row, and an answer must say which class it is.
     if not all(isinstance(n, str) and n.strip() and not set(n) & set("\t\r\n") for n in names):
         raise CheckpointError(f"refused {path}: class_names must be non-empty text without tabs or line breaks")
+    if max(len(n) for n in names) > MAX_NAME_LENGTH:
+        raise CheckpointError(f"refused {path}: a class name is longer than {MAX_NAME_LENGTH} characters")
     if len(set(names)) != len(names):
         raise CheckpointError(
             f"refused {path}: class_names holds duplicates ({sorted({n for n in names if names.count(n) > 1})})"
@@ -207,12 +226,14 @@ def _check_outputs(model: InferenceClassifier, path) -> None:
         raise CheckpointError(
             f"refused {path}: its std buffer {model.std.flatten().tolist()} must be > 0 in every channel"
         )
-    probe = torch.zeros(1, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    # A black and a white image: weights near float32's limit score black finely and overflow on light.
+    probe = torch.zeros(2, 3, model.image_size, model.image_size, dtype=torch.uint8)
+    probe[1] = 255
     try:
         with torch.inference_mode():
             logits = model.eval().logits_one_view(probe)
             outputs = logits.shape[-1]
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # a shape mismatch; a network's own size check
         raise CheckpointError(
             f"refused {path}: its network does not run on {model.image_size}x{model.image_size} images "
             f"({str(err).splitlines()[0][:200]})"
@@ -222,7 +243,16 @@ def _check_outputs(model: InferenceClassifier, path) -> None:
             f"refused {path}: the network has {outputs} outputs but the file names {model.num_classes} classes"
         )
     if not logits.isfinite().all():
-        raise CheckpointError(f"refused {path}: it scores a black image as NaN or infinity (damaged weights?)")
+        raise CheckpointError(f"refused {path}: it scores a plain image as NaN or infinity (damaged weights?)")
+
+
+def _reason(err: Exception, limit: int = 400) -> str:
+    """An error's lines in one (load_state_dict names the keys on the lines after its first), cut to ``limit``."""
+    text = ""
+    for line in (line.strip() for line in str(err).splitlines() if line.strip()):
+        text += (" " if text.endswith(":") else "; " if text else "") + line
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _allowed_net(class_path: str, path: Path) -> type[nn.Module]:

@@ -22,15 +22,22 @@ from lightning_modules.inference.model import InferenceClassifier
 Row = tuple[str, str | None, str | None]  # (label shown to the user, file, error instead of a file)
 
 
+NONFINITE = "the model gave NaN or infinite scores for this image (damaged weights, or a diverged run?)"
+
+
 def rank(model: InferenceClassifier, images: torch.Tensor, top_k: int) -> list[dict]:
-    """``{label, probability, top_k}`` for each uint8 image of a batch, in one forward pass (per TTA view)."""
+    """``{label, probability, top_k}`` for each uint8 image of a batch, in one forward pass (per TTA view);
+    ``{label: None, probability: None, top_k: [], error}`` for an image the model scores NaN or infinite
+    (never an answer with a NaN probability in it)."""
     with torch.inference_mode():
         probabilities = model(images).float().softmax(dim=-1)
-    if not probabilities.isfinite().all():  # never an answer with a NaN probability in it
-        raise FloatingPointError("the model gave NaN or infinite scores for these images")
+    finite = probabilities.isfinite().all(dim=-1).tolist()
     top_p, top_i = probabilities.topk(top_k, dim=-1)
     records = []
-    for ps, ids in zip(top_p.tolist(), top_i.tolist(), strict=True):
+    for ps, ids, ok in zip(top_p.tolist(), top_i.tolist(), finite, strict=True):
+        if not ok:
+            records.append({"label": None, "probability": None, "top_k": [], "error": NONFINITE})
+            continue
         ranked = [{"label": model.class_names[i], "probability": round(p, 6)} for p, i in zip(ps, ids, strict=True)]
         records.append({"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked})
     return records
@@ -134,7 +141,7 @@ def classify(
         return [
             {"path": label, "label": None, "probability": None, "top_k": [], "error": error}
             if error is not None
-            else {"path": label, **next(ranked), "error": None}
+            else {"path": label, **(record := next(ranked)), "error": record.get("error")}
             for label, error in zip(labels, errors, strict=True)
         ]
 
