@@ -292,7 +292,9 @@ def expand_inputs(args: list[str]) -> list[tuple[str, str | None, str | None]]:
     rows: list[tuple[str, str | None, str | None]] = []
     for arg in args:
         path = Path(arg)
-        if path.is_dir():
+        if not arg:  # Path("") is ".": an empty argument (an unset shell variable) is not this folder
+            rows.append((arg, None, f"{arg!r}: an empty argument; give a file, folder or pattern"))
+        elif path.is_dir():
             unreadable: list[str] = []
             found = walk_files(path, unreadable, keep=is_image_name)
             if not found:

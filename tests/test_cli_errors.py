@@ -43,7 +43,7 @@ BAD_VALUE = {
     "export": (["--ckpt_path", "m.ckpt", "--format", "pdf"], "pdf"),
     "serve": (["--ckpt_path", "m.ckpt", "--port", "70000"], "not a port number"),
     "compare": (["runs/a", "--output"], "expected one argument"),
-    "sweep": (["--seeds", "0"], "not a positive integer"),
+    "sweep": (["--seeds", "0"], "not a number of seeds from 1 to"),
 }
 SHARED_BAD = {  # the model options the frame declares once, refused alike everywhere
     "--tta": "sideways",
@@ -118,6 +118,16 @@ def test_unknown_or_shortened_options_name_the_closest_real_one(name, args, mean
 def test_more_processes_than_the_machine_has_are_refused(name, args, says, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # before any data or checkpoint is read: neither exists here
     assert says in one_line_exit_2(COMMANDS[name], args, capsys)
+
+
+@pytest.mark.parametrize("name", ["predict", "export", "compare"])
+@pytest.mark.parametrize("output", ["out/", "", ".", "out/.."])
+def test_an_output_that_names_a_folder_is_refused_while_parsing(name, output, capsys, tmp_path, monkeypatch):
+    # Path("out/") is Path("out"): the command would write a file called "out" where a folder was meant.
+    monkeypatch.chdir(tmp_path)
+    err = one_line_exit_2(COMMANDS[name], [*VALID[name], "--output", output], capsys)
+    assert "give a file name" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_names_the_base_of_an_override_recipe(capsys, monkeypatch):

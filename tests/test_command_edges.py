@@ -83,6 +83,12 @@ def test_serve_host_binds_there_and_decides_which_host_names_are_answered(stub_s
         assert status == 400 and b"--host 0.0.0.0" in body
 
 
+def test_serve_on_port_0_announces_the_port_it_listens_on(stub_server, checkpoint, capsys):
+    assert serve_module.serve_main(["--ckpt_path", str(checkpoint), "--port", "0"]) == 0
+    ((_, address),) = stub_server.calls
+    assert address[1] > 0 and f"at http://127.0.0.1:{address[1]}\n" in capsys.readouterr().out
+
+
 def test_serve_on_a_port_in_use_is_one_line(stub_server, checkpoint, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

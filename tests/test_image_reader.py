@@ -143,6 +143,13 @@ def test_expand_inputs_keeps_order_and_reports_empties(tmp_path):
     assert rows[6] == ("nope.png", None, "nope.png: no such file or folder")
 
 
+def test_an_empty_argument_is_an_error_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "here.png")  # what Path("") would have found
+    ((label, path, error),) = expand_inputs([""])
+    assert (label, path) == ("", None) and "an empty argument" in error
+
+
 def test_pillow_notes_about_a_file_do_not_flood_the_output():
     # "Corrupt EXIF data" once per image buried predict's rows; the image itself reads fine.
     import io

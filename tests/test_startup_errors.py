@@ -28,11 +28,25 @@ BASE = [
         (["--data.image_size", "31"], "Tudui takes 32x32 images"),
         (["--data.crop_padding", "100000"], "--data.crop_padding 100000: use at most"),
         (["--optimizer", "MuonSGD", "--optimizer.lr", "0.1", "--optimizer.muon_lr", "-1"], "muon_lr must be >= 0"),
+        (["--trainer.val_check_interval", "0"], "val_check_interval 0: use a fraction of an epoch in (0, 1]"),
+        (["--trainer.val_check_interval", "0.0"], "val_check_interval 0.0"),
+        # Started by hand, the first process would wait for the second machine forever.
+        (["--trainer.num_nodes", "2"], "not started by a multi-node launcher"),
+        (["--trainer.num_nodes", "0"], "--trainer.num_nodes 0: use a whole number of 1 or more"),
+        (["--checkpoint.dirpath", "taken"], "a file is there, where a folder is needed"),
+        (["--last_checkpoint.dirpath", "taken"], "a file is there, where a folder is needed"),
+        # Fails in the data's set-up, once the trainer has made its run folder (an event file).
+        (["--data.val_size", "0"], "val_size must be between 1 and"),
     ],
 )
 def test_a_refused_value_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, args, says):
+    from lightning_modules.cli.fit import MULTI_NODE_LAUNCHERS
+
+    for name in MULTI_NODE_LAUNCHERS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     make_image_folder(tmp_path / "data", {"train": 4})
+    (tmp_path / "taken").write_text("a file the user has")
     assert exit_status(fit_main, [*BASE, *args]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -51,3 +65,46 @@ def test_a_config_file_that_refers_to_itself_is_one_line(tmp_path, monkeypatch, 
     assert exit_status(fit_main, [*BASE, "--config", "loop.yaml"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--trainer.accelerator", "tpu"], "torch_xla"),
+        (["--trainer.precision", "transformer-engine"], "transformer_engine"),
+    ],
+)
+def test_a_trainer_choice_whose_package_is_missing_is_one_line(tmp_path, monkeypatch, capsys, args, says):
+    import importlib.util
+
+    module = says
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    assert exit_status(fit_main, [*BASE, *args]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("error: the configuration was refused") and says in last
+
+
+def test_a_failure_after_the_first_step_is_said_once(tmp_path, monkeypatch, capsys):
+    """Lightning's own note of the exception ("An X was raised with message: ...") is not printed beside
+    the command's one line."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    notes = []  # Lightning's logging handler holds the stderr of its import, which capsys does not see
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(handler)
+    try:
+        assert exit_status(fit_main, [*BASE, "--checkpoint.monitor", "val/bogus"]) == 2
+    finally:
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").removeHandler(handler)
+    err = capsys.readouterr().err
+    assert notes and not [n for n in notes if "was raised with message" in n], notes
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "val/bogus" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: "), err

@@ -158,3 +158,19 @@ def test_a_real_diverging_trial_fails_alone(work, capsys):
     assert states == {1e30: "FAIL", 0.01: "COMPLETE"}
     err = capsys.readouterr().err
     assert "Traceback" not in err and "failed" in err
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--seeds", "99999999999999999999"], "not a number of seeds from 1 to 10,000"),
+        (["--space", "space.yaml", "--n_trials", "1", "--seed", "-1"], "not a seed from 0 to 4294967295"),
+        (["--space", "space.yaml", "--n_trials", "1", "--seed", str(2**32)], "not a seed from 0 to 4294967295"),
+    ],
+)
+def test_seeds_out_of_range_are_refused_before_a_study_exists(work, capsys, args, says):
+    (work / "space.yaml").write_text(f"{LR}: {{type: float, low: 0.01, high: 0.1}}\n")
+    assert exit_status(sweep_main, [*args, *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not (work / "runs").exists()  # no study.db, no trial folder

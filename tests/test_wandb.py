@@ -97,3 +97,26 @@ def test_an_offline_run_holds_the_metrics_config_and_artifacts(tmp_path, monkeyp
     config = {(i.key or "/".join(i.nested_key)) for r in records if r.WhichOneof("record_type") == "config"
               for i in r.config.update}  # fmt: skip
     assert {"trainer", "model", "data", "optimizer"} <= config
+
+
+def test_a_wandb_refusal_at_the_start_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """Online without an API key, W&B raises its UsageError once the run starts: one line, as for any
+    option refused then, naming W&B's own fix."""
+    import wandb
+    from helpers import exit_status
+
+    def refuse(*args, **kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(wandb, "init", refuse)
+    make_image_folder(tmp_path / "data", {"train": 6})
+    args = [
+        "--data.data_dir", "data", "--data.val_size", "6", "--trainer.max_epochs", "1", "--test", "false",
+        "--trainer.logger", "WandbLogger", "--trainer.logger.project", "tiny", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    assert exit_status(fit_main, args) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("error: the run could not start") and "wandb login" in last
+    assert not (tmp_path / "runs").exists()

@@ -13,6 +13,10 @@ and a resumed run would never validate it, so last.ckpt stays at the end of the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
@@ -49,4 +53,22 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.validating:
             self.kept_previous = True
             return
-        super().on_exception(trainer, pl_module, exception)
+        with _without_lightnings_note():
+            super().on_exception(trainer, pl_module, exception)
+
+
+class _DropNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "was raised with message" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_lightnings_note() -> Iterator[None]:
+    """ModelCheckpoint.on_exception logs "An X was raised with message: ..., saved checkpoint to ...": the
+    command line's own one-line error (or its interruption report, which names last.ckpt) says it once."""
+    log, note = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _DropNote()
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)

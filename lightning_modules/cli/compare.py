@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from datamodules.atomic_files import atomic_write
-from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, one_line_errors
+from lightning_modules.cli.frame import OneLineArgumentParser, UsageError, file_name, one_line_errors
 from lightning_modules.cli.outputs import check_output, png_metadata, png_written_by
 from lightning_modules.reporting.tables import pct, text_table
 
@@ -99,7 +99,9 @@ def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(prog="compare.py", description="Compare training runs side by side.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="e.g. runs/tutorial/version_0")
     parser.add_argument(
-        "--output", help="also draw validation accuracy against wall time into this PNG (default: the table only)"
+        "--output",
+        type=file_name,
+        help="also draw validation accuracy against wall time into this PNG (default: the table only)",
     )
     return parser
 

@@ -31,6 +31,7 @@ from lightning_modules.cli.frame import (
     OneLineArgumentParser,
     UsageError,
     add_model_options,
+    file_name,
     interrupt_on_signals,
     interrupts_held,
     one_line_errors,
@@ -150,7 +151,9 @@ def build_parser() -> OneLineArgumentParser:
     add_model_options(parser)  # the export runs on the CPU: --trainer.accelerator is accepted and not used
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx or torchscript")
     parser.add_argument(
-        "--output", help="output file (default: the checkpoint's name with .onnx or .pt, if no file has that name)"
+        "--output",
+        type=file_name,
+        help="output file (default: the checkpoint's name with .onnx or .pt, if no file has that name)",
     )
     parser.add_argument("--images", nargs="*", default=[], metavar="PATH", help="images for the parity check")
     return parser

@@ -48,6 +48,7 @@ from lightning_modules.cli.frame import (
     OneLineErrors,
     UsageError,
     cpu_has_native_bf16,
+    expected_errors,
     interrupt_on_signals,
     one_line_errors,
     reuse_freed_memory,
@@ -220,6 +221,12 @@ class ClassifierCLI(LightningCLI):
         check_trainer_counts(trainer)
         # Never write over what the user has: another run's directory, a checkpoint outside the run.
         check_checkpoint_filename(self.config.checkpoint.filename)
+        for option in ("checkpoint", "last_checkpoint"):
+            dirpath = self.config[option].dirpath
+            if dirpath and os.path.exists(dirpath) and not os.path.isdir(dirpath):
+                raise UsageError(
+                    f"--{option}.dirpath {dirpath}: a file is there, where a folder is needed; name a folder"
+                )
         every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
         if every and epochs and epochs > 0 and epochs % every:
             divisors = [d for d in range(1, epochs + 1) if epochs % d == 0]
@@ -279,7 +286,8 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     reuse_freed_memory()
     try:
         cli = ClassifierCLI(args=args)
-    except (ValueError, TypeError, OverflowError, ZeroDivisionError, RecursionError) as err:  # a seed, a YAML loop
+    # A seed, a YAML loop; ImportError: an accelerator or plugin whose package is missing (tpu: torch_xla).
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError, RecursionError, ImportError) as err:
         if os.environ.get("TRACEBACK"):
             raise
         raise UsageError(f"the configuration was refused: {(str(err).strip().splitlines() or [''])[0][:300]}") from None
@@ -375,10 +383,24 @@ def fit_main(args: list[str] | None = None) -> int:
 def check_trainer_counts(trainer_config) -> None:
     """Values Lightning divides by or numpy refuses, checked before anything starts (they otherwise
     end in a ZeroDivisionError or ValueError traceback)."""
-    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch", "num_nodes"):
         value = getattr(trainer_config, name, None)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--trainer.{name} {value}: use a whole number of 1 or more")
+    interval = getattr(trainer_config, "val_check_interval", None)
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise UsageError(
+            f"--trainer.val_check_interval {interval}: use a fraction of an epoch in (0, 1] or a number of "
+            "batches of 1 or more"
+        )
+    nodes = getattr(trainer_config, "num_nodes", 1) or 1
+    if nodes > 1 and not any(os.environ.get(name) for name in MULTI_NODE_LAUNCHERS):
+        # Started by hand, rank 0 waits forever for nodes that never come, deaf to Ctrl-C.
+        raise UsageError(
+            f"--trainer.num_nodes {nodes}: this process was not started by a multi-node launcher (none of "
+            f"{', '.join(MULTI_NODE_LAUNCHERS)} is set); start it on every node with torchrun or SLURM "
+            '(docs/reliability.md, "More than one process"), or use --trainer.num_nodes 1'
+        )
 
 
 def check_devices(trainer_config) -> None:
@@ -493,15 +515,37 @@ def remove_unstarted_run(trainer: Trainer) -> None:
                 parent.rmdir()
 
 
+# Set by a launcher that starts one process per node (torchrun, SLURM, LSF, MPI) or by hand
+# beside MASTER_ADDR; Lightning's cluster environments read them.
+MULTI_NODE_LAUNCHERS = (
+    "NODE_RANK",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_JOB_ID",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_RANK",
+)
+
 # What torch and Lightning raise for a value they refuse once the run starts.
 STARTING_ERRORS = (ValueError, TypeError, ZeroDivisionError, OverflowError, OSError, RuntimeError)
+
+
+def tracker_errors() -> tuple[type[Exception], ...]:
+    """W&B's errors when it is in use (no API key in online mode, an unknown entity): raised once the run
+    starts, they are the configuration's, as ``STARTING_ERRORS`` are."""
+    wandb = sys.modules.get("wandb")
+    errors = getattr(wandb, "errors", None)
+    return (errors.Error,) if errors is not None and isinstance(getattr(errors, "Error", None), type) else ()
 
 
 def run_or_report_interruption(trainer: Trainer, run, resume_hint: bool = True) -> None:
     """Run ``trainer.fit`` or ``trainer.test``; on Ctrl-C or SIGTERM say what was saved and exit 130."""
     try:
         run()
-    except STARTING_ERRORS as err:
+    except expected_errors():  # the data refused at set-up (DataError): no run folder left behind
+        remove_unstarted_run(trainer)
+        raise
+    except (*STARTING_ERRORS, *tracker_errors()) as err:
         # A value torch or Lightning refuses only once the run starts (a negative learning rate, a
         # read-only folder before the first step; a scheduler step of 0 at the end of the first epoch)
         # is the configuration, not a bug, so it ends in one line. Later, it is a traceback as usual.

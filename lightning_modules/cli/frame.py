@@ -106,8 +106,22 @@ def _number(convert: Callable[[str], float], accept: Callable[[float], bool], na
 
 positive_int = _number(int, lambda v: v >= 1, "positive_int", "a positive integer (1 or more)")
 port_number = _number(int, lambda v: 0 <= v <= 65535, "port_number", "a port number (0 to 65535; 0: any free one)")
+# numpy's and Optuna's samplers take seeds below 2**32; seed_everything as well.
+seed_number = _number(int, lambda v: 0 <= v < 2**32, "seed_number", "a seed from 0 to 4294967295")
+MAX_SEEDS = 10_000  # runs of one recipe: far more than any mean +- sd needs, and a list that fits in memory
+seed_count = _number(int, lambda v: 1 <= v <= MAX_SEEDS, "seed_count", f"a number of seeds from 1 to {MAX_SEEDS:,}")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "positive_float", "a positive number")
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "non_negative_float", "a number >= 0")
+
+
+def file_name(text: str) -> str:
+    """An argparse type for an output file: refused when it names a folder (``out/``; ``Path`` drops the
+    slash, and the command would write a file called ``out``) or nothing."""
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        example = os.path.join(text, "NAME") if text else "NAME"
+        what = "names a folder, not a file" if text else "is empty"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}; give a file name, e.g. {example}")
+    return text
 
 
 def config_parser(**kwargs):

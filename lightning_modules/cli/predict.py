@@ -39,6 +39,7 @@ from lightning_modules.cli.frame import (  # noqa: E402
     OneLineArgumentParser,
     UsageError,
     add_model_options,
+    file_name,
     interrupt_on_signals,
     interrupts_held,
     one_line_errors,
@@ -58,7 +59,9 @@ def build_parser() -> OneLineArgumentParser:
     add_model_options(parser, ckpt_help=CKPT_OR_ONNX)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--top_k", type=positive_int, default=1, help="also list the K most likely classes (default 1)")
-    parser.add_argument("--output", help="write every result to this .json or .csv file (written atomically)")
+    parser.add_argument(
+        "--output", type=file_name, help="write every result to this .json or .csv file (written atomically)"
+    )
     parser.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     return parser
 

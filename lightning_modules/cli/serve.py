@@ -113,7 +113,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         request_timeout=REQUEST_TIMEOUT_S,
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {args.ckpt_path} on {device} (tta {model.tta}) at http://{host}:{args.port}", flush=True)
+    port = listening.getsockname()[1]  # the one the system chose for --port 0
+    print(f"Serving {args.ckpt_path} on {device} (tta {model.tta}) at http://{host}:{port}", flush=True)
     # SIGTERM (docker stop, kill, a test's teardown) and Ctrl-C: uvicorn finishes open requests, stops
     # the inference threads (lifespan), then raises the signal again, which ends the command as
     # interrupted (exit status 130, one line).

@@ -50,6 +50,8 @@ from lightning_modules.cli.frame import (
     one_line_errors,
     positive_float,
     positive_int,
+    seed_count,
+    seed_number,
 )
 from lightning_modules.reporting.tables import mean_sd, pct, text_table
 
@@ -65,7 +67,7 @@ def build_parser() -> OneLineArgumentParser:
         description="Search fit.py options with Optuna, or repeat one recipe over seeds. Unknown options go to fit.py.",
     )
     parser.add_argument("--space", help="search-space YAML (option: {type, low, high, log, step, choices})")
-    parser.add_argument("--seeds", type=positive_int, help="instead of a search: run the recipe with seeds 0..N-1")
+    parser.add_argument("--seeds", type=seed_count, help="instead of a search: run the recipe with seeds 0..N-1")
     parser.add_argument("--config", action="append", default=[], help="fit.py config file(s), in order")
     parser.add_argument("--n_trials", type=positive_int, help="finished trials to reach (counting earlier sessions)")
     parser.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
@@ -74,7 +76,7 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--name", help="study name (default: the space file's or the config's name)")
     parser.add_argument("--output_dir", help="default: runs/sweeps/<name>")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<output_dir>/study.db)")
-    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    parser.add_argument("--seed", type=seed_number, default=0, help="the sampler's seed")
     return parser
 
 
