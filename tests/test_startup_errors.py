@@ -4,6 +4,7 @@ fresh run that could not start leaves no run folder."""
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import exit_status, make_image_folder
 
 from lightning_modules.cli.fit import fit_main
@@ -108,3 +109,35 @@ def test_a_failure_after_the_first_step_is_said_once(tmp_path, monkeypatch, caps
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "val/bogus" in line]
     assert len(errors) == 1 and errors[0].startswith("error: "), err
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c: None, None),  # resumes: the same Tudui, though named by its module's path (nets.tudui.Tudui)
+        (lambda c: c.update(hyper_parameters=["net"]), "its hyper_parameters are a list, not a mapping"),
+        (lambda c: c["hyper_parameters"]["net"].update(init_args=["num_classes"]), "Tudui(init_args ['num_classes'])"),
+        (
+            lambda c: c["hyper_parameters"]["net"]["init_args"].update(num_classes=4),
+            "trained with the network Tudui(num_classes=4), but this run builds Tudui(num_classes=3)",
+        ),
+        (lambda c: c["state_dict"].update(mean=torch.zeros(7, 7)), "size mismatch for mean"),
+    ],
+)
+def test_a_checkpoint_to_resume_is_checked_in_one_line(tmp_path, monkeypatch, capsys, change, says):
+    from helpers import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 4})
+    path = save_checkpoint(tmp_path / "model.ckpt")  # built in Python, as a user's own code would
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    status = exit_status(fit_main, [*BASE, "--ckpt_path", "model.ckpt"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if says is None:
+        assert status == 0, err
+    else:
+        last = err.strip().splitlines()[-1]
+        assert status == 2 and last.startswith("error: ") and says in last, last

@@ -50,6 +50,7 @@ from lightning_modules.cli.frame import (
     cpu_has_native_bf16,
     expected_errors,
     interrupt_on_signals,
+    one_line,
     one_line_errors,
     reuse_freed_memory,
 )
@@ -472,8 +473,13 @@ def check_checkpoint(path: str, model: ImageClassifier) -> None:
             "scripts/predict.py --ckpt_path, or start fresh without --ckpt_path"
         )
     saved = checkpoint.get("hyper_parameters") or {}
+    if not isinstance(saved, dict):
+        raise UsageError(
+            f"--ckpt_path {path}: its hyper_parameters are a {type(saved).__name__}, not a mapping (damaged or not "
+            "written by fit.py); resume from another checkpoint of that run or start fresh without --ckpt_path"
+        )
     differs = None
-    if saved.get("net") != model.hparams.get("net"):
+    if not _same_class(saved.get("net"), model.hparams.get("net")):
         differs = ("network", _describe(saved.get("net")), _describe(model.hparams.get("net")))
     elif saved.get("optimizer") and _class_path(saved["optimizer"]) != _class_path(model.hparams.get("optimizer")):
         differs = ("optimiser", _given_path(saved["optimizer"]), _given_path(model.hparams.get("optimizer")))
@@ -551,7 +557,8 @@ def run_or_report_interruption(trainer: Trainer, run, resume_hint: bool = True) 
         # is the configuration, not a bug, so it ends in one line. Later, it is a traceback as usual.
         if trainer.current_epoch > 0 or os.environ.get("TRACEBACK"):
             raise
-        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        reason = " ".join(one_line(str(err)).split())  # load_state_dict names the keys after its first line
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
         when = (
             "could not start"
             if trainer.global_step == 0
@@ -610,6 +617,16 @@ def _class_path(spec) -> str | None:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _same_class(saved, built) -> bool:
+    """The same class (by its own path: ``nets.tudui.Tudui`` is ``nets.Tudui``) with the same arguments."""
+    return _class_path(saved) == _class_path(built) and _init_args(saved) == _init_args(built)
+
+
+def _init_args(spec) -> dict | None:
+    args = spec.get("init_args") if isinstance(spec, dict) else None
+    return dict(args) if isinstance(args, dict) else None if args is not None else {}
+
+
 def _given_path(spec) -> str:
     """The class path as the configuration spelled it (any value, never an error)."""
     return str(spec.get("class_path")) if isinstance(spec, dict) else repr(spec)
@@ -618,5 +635,8 @@ def _given_path(spec) -> str:
 def _describe(spec) -> str:
     if not isinstance(spec, dict):
         return repr(spec)
-    args = ", ".join(f"{k}={v}" for k, v in sorted((spec.get("init_args") or {}).items()))
+    init_args = _init_args(spec)
+    if init_args is None:
+        return f"{str(spec.get('class_path', '?')).rsplit('.', 1)[-1]}(init_args {spec.get('init_args')!r:.80})"
+    args = ", ".join(f"{k}={v}" for k, v in sorted(init_args.items(), key=lambda kv: str(kv[0])))
     return f"{str(spec.get('class_path', '?')).rsplit('.', 1)[-1]}({args})"
