@@ -141,3 +141,28 @@ def test_a_checkpoint_to_resume_is_checked_in_one_line(tmp_path, monkeypatch, ca
     else:
         last = err.strip().splitlines()[-1]
         assert status == 2 and last.startswith("error: ") and says in last, last
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True)
+)  # 9**8 values once the aliases are expanded, in 300 bytes
+
+
+@pytest.mark.timeout(60)  # the bug this guards against is a hang (a FIFO) or memory filling up
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+@pytest.mark.parametrize("kind, says", [("fifo", "is not a regular file"), ("laughs", "expands to over 100,000")])
+def test_a_config_file_that_never_ends_is_refused_before_reading(tmp_path, monkeypatch, capsys, command, kind, says):
+    import os
+
+    from lightning_modules.cli.evaluate import evaluate_main
+
+    monkeypatch.chdir(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "config.yaml")  # no writer: reading it would wait forever
+    else:
+        (tmp_path / "config.yaml").write_text(LAUGHS)
+    main, option = (fit_main, "--config") if command == "fit" else (evaluate_main, "--data")
+    args = [option, "config.yaml"] + (["--ckpt_path", "m.ckpt"] if command == "evaluate" else [])
+    assert exit_status(main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {option} config.yaml") and says in err[-1], err

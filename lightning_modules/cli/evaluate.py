@@ -21,6 +21,7 @@ when it holds another checkpoint's evaluation. A folder of an earlier evaluate.p
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from lightning_modules.classifier import ImageClassifier
 from lightning_modules.cli.frame import (
     UsageError,
     add_model_options,
+    check_config_files,
     config_parser,
     one_line_errors,
     pick_device,
@@ -150,6 +152,7 @@ def output_folder(config) -> Path:
 def evaluate_main(args: list[str] | None = None) -> int:
     from lightning_modules.inference.checkpoints import load_classifier
 
+    check_config_files(sys.argv[1:] if args is None else args)  # --data FILE: not a FIFO, no "billion laughs"
     parser = build_parser()
     config = parser.parse_args(args)
     device = pick_device(config.accelerator)

@@ -47,6 +47,7 @@ from lightning_modules.classifier import DEFAULT_OPTIMIZER, ImageClassifier
 from lightning_modules.cli.frame import (
     OneLineErrors,
     UsageError,
+    check_config_files,
     cpu_has_native_bf16,
     expected_errors,
     interrupt_on_signals,
@@ -342,6 +343,7 @@ def check_config_bases(args) -> None:
     """An override recipe (its header says ``# extends: BASE``, BASE beside it) must come after
     ``--config BASE``; alone, the parser would refuse its first partial value (``Option 'widths' is
     not accepted``) without saying why, so this names the base and the command instead."""
+    check_config_files(args)  # before reading them: a FIFO, a YAML "billion laughs"
     if not isinstance(args, list | tuple):  # LightningCLI also takes a dict or Namespace: nothing to check
         return
     given: list[Path] = []

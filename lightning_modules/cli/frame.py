@@ -124,6 +124,66 @@ def file_name(text: str) -> str:
     return text
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few KB
+MAX_CONFIG_VALUES = 100_000  # a recipe holds about a hundred; YAML aliases can multiply them past any memory
+
+
+def check_config_files(args) -> None:
+    """Files a jsonargparse command line names that the parser would read, checked first: a FIFO or a
+    device would be read forever; a YAML file whose aliases expand to a billion values ("billion
+    laughs") would fill the memory. Values of top-level options only (``--config``, ``--data``,
+    ``--trainer``: a group's file); other values and paths that do not exist are the parser's."""
+    if not isinstance(args, list | tuple):  # LightningCLI also takes a dict or Namespace
+        return
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str) or not arg.startswith("--"):
+            continue
+        option, equals, value = arg.partition("=")
+        if not equals:
+            value = args[i + 1] if i + 1 < len(args) else None
+        if "." not in option and isinstance(value, str):
+            _check_config_file(option, value)
+
+
+def _check_config_file(option: str, value: str) -> None:
+    import stat
+
+    try:
+        info = os.stat(value)
+    except (OSError, ValueError):  # not a path (a YAML string, a number, a typo)
+        return
+    if stat.S_ISDIR(info.st_mode):
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{option} {value} is not a regular file (a FIFO or a device); give a YAML file")
+    if option != "--config" and Path(value).suffix.lower() not in (".yaml", ".yml", ".json"):
+        return  # --ckpt_path and the like: read by the command, not the parser
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise UsageError(
+            f"{option} {value} is {info.st_size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): "
+            "is it the right file?"
+        )
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError):
+        return  # the parser names the line (or the file)
+    stack, count = [data], 0
+    while stack:  # values counted as the parser would see them, aliases expanded; stops at the limit
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise UsageError(
+                f"{option} {value} expands to over {MAX_CONFIG_VALUES:,} values (YAML aliases of aliases?); "
+                "write the values out"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def config_parser(**kwargs):
     """A jsonargparse parser with the frame's one-line errors, for commands that also take a class's
     arguments (evaluate.py: the DataModule's). jsonargparse is imported here, not by predict and the
