@@ -410,6 +410,19 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path):
     assert 15 * single_test["test/acc"] == pytest.approx(round(15 * single_test["test/acc"]))  # k/15: no padding
 
 
+def test_ddp_spawn_names_the_run_folder_its_processes_wrote(tmp_path):
+    # The processes that train are copies; the parent's logger, asked afterwards, picked version_1.
+    make_image_folder(tmp_path / "data", {"train": 4})
+    result = run_script(
+        "fit.py", "--data.data_dir", "data", "--data.val_size", "6", "--data.batch_size", "4",
+        "--trainer.max_epochs", "1", "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2",
+        "--trainer.accelerator", "cpu", "--test", "false", *QUIET, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs" / "tutorial").iterdir()] == ["version_0"]
+    assert f"Run directory: {Path('runs') / 'tutorial' / 'version_0'}\n" in result.stdout, result.stdout[-500:]
+
+
 def test_a_run_saved_under_the_old_module_paths_resumes(tmp_path, monkeypatch):
     # MuonSGD, WarmupDecay and the CSV logger moved to optim/ and plugins/; runs made before name the
     # old modules in their checkpoint's hyper-parameters and in config.yaml.

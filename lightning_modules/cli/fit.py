@@ -25,7 +25,7 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -308,6 +308,12 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
 
 
 def fit_and_test(cli, trainer: Trainer, model, data, resume_hint: bool) -> dict[str, Any]:
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger | CSVLogger):
+                # The next free version_N, chosen now: under ddp_spawn the processes that train get a copy
+                # of this logger, and this one, asked after they are gone, would pick the next one again.
+                logger.version  # noqa: B018
     run_or_report_interruption(
         trainer, lambda: trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path), resume_hint
     )
