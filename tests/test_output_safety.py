@@ -202,3 +202,13 @@ def test_checkpoint_filename_is_a_name_not_a_path(tmp_path, monkeypatch, capsys,
     status = exit_status(fit_main, ["--data.data_dir", "data", "--checkpoint.filename", filename, *QUIET])
     refused(capsys, status, "--checkpoint.filename", "--checkpoint.dirpath")
     assert not (tmp_path / "runs").exists() and not list(tmp_path.parent.glob("x*"))
+
+
+@pytest.mark.parametrize("content", ['{"a": 1}', "[1, 2]", '{"epochs": 3}', '"a string"'])
+def test_compare_refuses_a_report_json_that_is_not_fit_pys(tmp_path, monkeypatch, capsys, content):
+    # {"a": 1} was a row of question marks and dashes, as if it were a run.
+    monkeypatch.chdir(tmp_path)
+    a = fake_run(tmp_path / "a")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "report.json").write_text(content)
+    refused(capsys, compare_main([str(a), "odd"]), "not a report of scripts/fit.py")

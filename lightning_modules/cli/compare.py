@@ -28,7 +28,10 @@ def load_run(run_dir: Path) -> dict:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path}: not a readable report ({err})") from None
-    try:  # a report.json that is not fit.py's (a list, a string where a number goes): one line
+    if not isinstance(report, dict) or not isinstance(report.get("epochs"), list):
+        # Any JSON object would otherwise be a row of question marks and dashes, as if it were a run.
+        raise UsageError(f"{path}: not a report of scripts/fit.py (it has no list of epochs)")
+    try:  # a string where a number goes: one line
         config = report.get("config") or {}
         net = (((config.get("model") or {}).get("net")) or {}).get("class_path", "?").rsplit(".", 1)[-1]
         loggers = (config.get("trainer") or {}).get("logger") or {}
