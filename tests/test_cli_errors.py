@@ -121,13 +121,14 @@ def test_more_processes_than_the_machine_has_are_refused(name, args, says, capsy
 
 
 @pytest.mark.parametrize("name", ["predict", "export", "compare"])
-@pytest.mark.parametrize("output", ["out/", "", ".", "out/.."])
+@pytest.mark.parametrize("output", ["out/", "", ".", "out/..", "existing_folder"])
 def test_an_output_that_names_a_folder_is_refused_while_parsing(name, output, capsys, tmp_path, monkeypatch):
     # Path("out/") is Path("out"): the command would write a file called "out" where a folder was meant.
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing_folder").mkdir()
     err = one_line_exit_2(COMMANDS[name], [*VALID[name], "--output", output], capsys)
     assert "give a file name" in err
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["existing_folder"]
 
 
 def test_sweep_names_the_base_of_an_override_recipe(capsys, monkeypatch):

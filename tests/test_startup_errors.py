@@ -34,8 +34,9 @@ BASE = [
         # Started by hand, the first process would wait for the second machine forever.
         (["--trainer.num_nodes", "2"], "not started by a multi-node launcher"),
         (["--trainer.num_nodes", "0"], "--trainer.num_nodes 0: use a whole number of 1 or more"),
-        (["--checkpoint.dirpath", "taken"], "a file is there, where a folder is needed"),
-        (["--last_checkpoint.dirpath", "taken"], "a file is there, where a folder is needed"),
+        (["--checkpoint.dirpath", "taken"], "taken is a file, where a folder is needed"),
+        (["--last_checkpoint.dirpath", "taken"], "taken is a file, where a folder is needed"),
+        (["--checkpoint.dirpath", "taken/sub/dir"], "taken is a file, where a folder is needed"),
         # Fails in the data's set-up, once the trainer has made its run folder (an event file).
         (["--data.val_size", "0"], "val_size must be between 1 and"),
     ],
@@ -122,6 +123,11 @@ def test_a_failure_after_the_first_step_is_said_once(tmp_path, monkeypatch, caps
             "trained with the network Tudui(num_classes=4), but this run builds Tudui(num_classes=3)",
         ),
         (lambda c: c["state_dict"].update(mean=torch.zeros(7, 7)), "size mismatch for mean"),
+        # A class path that names a module, not a class: compared as written, never a traceback.
+        (
+            lambda c: c["hyper_parameters"]["net"].update(class_path="torch.nn.functional.math"),
+            "trained with the network math(num_classes=3)",
+        ),
     ],
 )
 def test_a_checkpoint_to_resume_is_checked_in_one_line(tmp_path, monkeypatch, capsys, change, says):
@@ -149,9 +155,20 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 
 
 @pytest.mark.timeout(60)  # the bug this guards against is a hang (a FIFO) or memory filling up
-@pytest.mark.parametrize("command", ["fit", "evaluate"])
+@pytest.mark.parametrize(
+    "command, args, where",
+    [
+        ("fit", ["--config", "{}"], "--config {}"),
+        ("fit", ["-c", "{}"], "-c {}"),  # LightningCLI's short name for --config
+        ("fit", ["--model.net", "{}"], "--model.net {}"),  # a class's arguments from a file
+        ("fit", ["--config", "outer.yaml"], "--config outer.yaml"),  # named inside a config
+        ("evaluate", ["--data", "{}", "--ckpt_path", "m.ckpt"], "--data {}"),
+    ],
+)
 @pytest.mark.parametrize("kind, says", [("fifo", "is not a regular file"), ("laughs", "expands to over 100,000")])
-def test_a_config_file_that_never_ends_is_refused_before_reading(tmp_path, monkeypatch, capsys, command, kind, says):
+def test_a_config_file_that_never_ends_is_refused_before_reading(
+    tmp_path, monkeypatch, capsys, command, args, where, kind, says
+):
     import os
 
     from lightning_modules.cli.evaluate import evaluate_main
@@ -161,8 +178,8 @@ def test_a_config_file_that_never_ends_is_refused_before_reading(tmp_path, monke
         os.mkfifo(tmp_path / "config.yaml")  # no writer: reading it would wait forever
     else:
         (tmp_path / "config.yaml").write_text(LAUGHS)
-    main, option = (fit_main, "--config") if command == "fit" else (evaluate_main, "--data")
-    args = [option, "config.yaml"] + (["--ckpt_path", "m.ckpt"] if command == "evaluate" else [])
-    assert exit_status(main, args) == 2
+    (tmp_path / "outer.yaml").write_text("data: config.yaml\n")
+    main = fit_main if command == "fit" else evaluate_main
+    assert exit_status(main, [a.format("config.yaml") for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: {option} config.yaml") and says in err[-1], err
+    assert err[-1].startswith(f"error: {where.format('config.yaml')}") and says in err[-1], err

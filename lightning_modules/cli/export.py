@@ -49,7 +49,9 @@ def check_images(paths: list[str], size: int, count: int = 64) -> tuple[torch.Te
                 with contextlib.suppress(ImageFileError):
                     images.append(read_image(path, size))
         if not images:
-            raise UsageError(f"none of {', '.join(paths)} is a readable image; pass --images with real image files")
+            raise UsageError(
+                f"none of {', '.join(map(repr, paths))} is a readable image; pass --images with real image files"
+            )
         return torch.stack(images), f"{len(images)} images from {', '.join(paths)}"
     generator = torch.Generator().manual_seed(0)
     return (

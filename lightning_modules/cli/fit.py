@@ -225,9 +225,12 @@ class ClassifierCLI(LightningCLI):
         check_checkpoint_filename(self.config.checkpoint.filename)
         for option in ("checkpoint", "last_checkpoint"):
             dirpath = self.config[option].dirpath
-            if dirpath and os.path.exists(dirpath) and not os.path.isdir(dirpath):
+            existing = dirpath
+            while existing and not os.path.exists(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)  # the folder it would be made in: a file there fails too
+            if dirpath and existing and os.path.exists(existing) and not os.path.isdir(existing):
                 raise UsageError(
-                    f"--{option}.dirpath {dirpath}: a file is there, where a folder is needed; name a folder"
+                    f"--{option}.dirpath {dirpath}: {existing} is a file, where a folder is needed; name a folder"
                 )
         every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
         if every and epochs and epochs > 0 and epochs % every:
@@ -354,9 +357,9 @@ def check_config_bases(args) -> None:
         return
     given: list[Path] = []
     for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
             value = args[i + 1]
-        elif isinstance(arg, str) and arg.startswith("--config="):
+        elif isinstance(arg, str) and arg.startswith(("--config=", "-c=")):
             value = arg.partition("=")[2]
         else:
             continue
@@ -620,9 +623,9 @@ def _class_path(spec) -> str | None:
         return path
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    except (ImportError, AttributeError, ValueError):  # not a class (a module, a function's attribute)
         return path
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _same_class(saved, built) -> bool:

@@ -115,9 +115,10 @@ non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "non_negative_f
 
 
 def file_name(text: str) -> str:
-    """An argparse type for an output file: refused when it names a folder (``out/``; ``Path`` drops the
-    slash, and the command would write a file called ``out``) or nothing."""
-    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+    """An argparse type for an output file: refused when it names a folder (``out/``: ``Path`` drops the
+    slash, and the command would write a file called ``out``; an existing folder: found only after
+    the work is done) or nothing."""
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", "..") or os.path.isdir(text):
         example = os.path.join(text, "NAME") if text else "NAME"
         what = "names a folder, not a file" if text else "is empty"
         raise argparse.ArgumentTypeError(f"{text!r} {what}; give a file name, e.g. {example}")
@@ -128,24 +129,31 @@ MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few KB
 MAX_CONFIG_VALUES = 100_000  # a recipe holds about a hundred; YAML aliases can multiply them past any memory
 
 
+CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config file option and its short name
+NOT_CONFIGS = ("ckpt_path",)  # options whose file the command reads itself, never the parser
+
+
 def check_config_files(args) -> None:
     """Files a jsonargparse command line names that the parser would read, checked first: a FIFO or a
     device would be read forever; a YAML file whose aliases expand to a billion values ("billion
-    laughs") would fill the memory. Values of top-level options only (``--config``, ``--data``,
-    ``--trainer``: a group's file); other values and paths that do not exist are the parser's."""
+    laughs") would fill the memory. Any option's value may be such a file (``--config``, ``-c``,
+    ``--data``, ``--model.net``: jsonargparse reads a file given for a group or a class), and so may a
+    string inside one (``data: other.yaml``); paths that do not exist are the parser's to judge."""
     if not isinstance(args, list | tuple):  # LightningCLI also takes a dict or Namespace
         return
     for i, arg in enumerate(args):
-        if not isinstance(arg, str) or not arg.startswith("--"):
+        if not isinstance(arg, str) or not arg.startswith("-"):
             continue
         option, equals, value = arg.partition("=")
         if not equals:
             value = args[i + 1] if i + 1 < len(args) else None
-        if "." not in option and isinstance(value, str):
-            _check_config_file(option, value)
+        if isinstance(value, str) and not option.endswith(NOT_CONFIGS):
+            _check_config_file(option, value, config=option in CONFIG_OPTIONS)
 
 
-def _check_config_file(option: str, value: str) -> None:
+def _check_config_file(option: str, value: str, config: bool, depth: int = 0) -> None:
+    """``value``, if it names a file: a regular one, and if it holds YAML, one of a bounded size once
+    its aliases are expanded; the strings in it that name files, likewise (4 levels deep)."""
     import stat
 
     try:
@@ -155,21 +163,21 @@ def _check_config_file(option: str, value: str) -> None:
     if stat.S_ISDIR(info.st_mode):
         return
     if not stat.S_ISREG(info.st_mode):
-        raise UsageError(f"{option} {value} is not a regular file (a FIFO or a device); give a YAML file")
-    if option != "--config" and Path(value).suffix.lower() not in (".yaml", ".yml", ".json"):
-        return  # --ckpt_path and the like: read by the command, not the parser
+        raise UsageError(f"{option} {value} is not a regular file (a FIFO or a device); give a regular file")
     if info.st_size > MAX_CONFIG_BYTES:
-        raise UsageError(
-            f"{option} {value} is {info.st_size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): "
-            "is it the right file?"
-        )
+        if config or Path(value).suffix.lower() in (".yaml", ".yml", ".json"):
+            raise UsageError(
+                f"{option} {value} is {info.st_size:,} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES:,}): "
+                "is it the right file?"
+            )
+        return  # not a config: the parser will say so
     import yaml
 
     try:
         data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError):
         return  # the parser names the line (or the file)
-    stack, count = [data], 0
+    stack, count, named = [data], 0, set()
     while stack:  # values counted as the parser would see them, aliases expanded; stops at the limit
         item = stack.pop()
         count += 1
@@ -179,9 +187,13 @@ def _check_config_file(option: str, value: str) -> None:
                 "write the values out"
             )
         if isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend(v for k, v in item.items() if not str(k).endswith(NOT_CONFIGS))
         elif isinstance(item, list):
             stack.extend(item)
+        elif isinstance(item, str) and item not in named and depth < 4:
+            named.add(item)  # a file named inside: as written, and beside this file (jsonargparse's rule)
+            for candidate in {item, os.path.join(os.path.dirname(value), item)}:
+                _check_config_file(f"{option} {value}: {item!r}", candidate, config=False, depth=depth + 1)
 
 
 def config_parser(**kwargs):
