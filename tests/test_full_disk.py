@@ -74,3 +74,30 @@ def test_a_disk_that_fills_up_during_training_ends_in_one_line_and_keeps_the_las
     last = tmp_path / "runs" / "tutorial" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0  # complete, from the epoch before
     assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_a_writer_threads_full_disk_error_is_left_to_the_main_threads_one_line(monkeypatch):
+    """TensorBoard writes events from its own thread; on a full disk Python printed that thread's
+    traceback after fit.py's one-line error (the main thread gets the same error on its next flush)."""
+    import threading
+
+    from lightning_modules.cli.frame import quiet_writer_thread_errors
+
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_type))
+    quiet_writer_thread_errors()
+
+    def thread_of(module: str, error: type[Exception]) -> None:
+        def run(self):
+            raise error("No space left on device")
+
+        kind = type("_AsyncWriterThread", (threading.Thread,), {"run": run, "__module__": module})
+        thread = kind()
+        thread.start()
+        thread.join()
+
+    thread_of("tensorboard.summary.writer.event_file_writer", OSError)
+    assert printed == []
+    thread_of("tensorboard.summary.writer.event_file_writer", ValueError)  # a bug, not the disk: shown
+    thread_of("some.other.library", OSError)
+    assert printed == [ValueError, OSError]

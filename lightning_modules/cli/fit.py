@@ -53,6 +53,7 @@ from lightning_modules.cli.frame import (
     interrupt_on_signals,
     one_line,
     one_line_errors,
+    quiet_writer_thread_errors,
     reuse_freed_memory,
 )
 from lightning_modules.cli.outputs import check_checkpoint_filename, check_fresh_run_dir, same_file
@@ -301,6 +302,7 @@ def fit(args: list[str] | None = None, callbacks: Sequence[Callback] = (), resum
     warn_slow_cpu_bf16(trainer)
     if cli.config.ckpt_path:
         check_checkpoint(cli.config.ckpt_path, model)
+    quiet_writer_thread_errors()
     try:
         result = fit_and_test(cli, trainer, model, data, resume_hint)
     except BaseException:

@@ -386,6 +386,29 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_BLOCK_LIMITS = (64 << 20, 32 << 20)
 
 
+# Threads that write a logger's files for the main thread, which re-raises their error on its next
+# write or flush: TensorBoard's event writer.
+WRITER_THREAD_MODULES = ("tensorboard.", "torch.utils.tensorboard.")
+
+
+def quiet_writer_thread_errors() -> None:
+    """From now on in this process, an OSError (a full disk) in a logger's writer thread prints
+    nothing: the main thread gets the same error on its next write or flush and the command says it
+    in one line, where Python would also print the thread's traceback (even after the command's
+    error, from the final flush). For the rest of the process: that flush comes as it ends."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_writers", False):
+        return
+
+    def hook(args) -> None:
+        writer = type(args.thread).__module__.startswith(WRITER_THREAD_MODULES) if args.thread else False
+        if not (writer and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.quiet_writers = True
+    threading.excepthook = hook
+
+
 def reuse_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a training step frees, for the next step.
 
