@@ -127,3 +127,30 @@ def test_evaluate_test_split_never_reads_train(tmp_path, checkpoint, capsys):
     assert _evaluate(tmp_path, "--ckpt_path", str(checkpoint), "--split", "val", "--data.val_size", "2") == 2
     err = capsys.readouterr().err
     assert "train/dog/broken.png" in err and len(err.splitlines()) == 1, err
+
+
+class NaNOnSomeImages(torch.nn.Module):
+    """NaN scores for the images brighter than the batch's median, finite scores for the others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        brightness = x.mean(dim=(1, 2, 3))
+        logits = torch.zeros(len(x), 3)
+        logits[brightness > brightness.median()] = float("nan")
+        return logits
+
+
+def test_evaluate_refuses_to_report_a_nan_loss(tmp_path, monkeypatch, capsys):
+    """A model that passed the load-time probe yet scores some images NaN: its report is not a result."""
+    from helpers import save_checkpoint
+
+    from lightning_modules.inference import checkpoints
+    from lightning_modules.inference.model import InferenceClassifier
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "data", {"train": 2, "test": 4})
+    path = save_checkpoint(tmp_path / "m.ckpt")
+    nan_model = InferenceClassifier(NaNOnSomeImages(), ["cat", "dog", "ship"], image_size=32)
+    monkeypatch.setattr(checkpoints, "load_classifier", lambda *args, **kwargs: nan_model)
+    status = exit_status(evaluate_main, ["--ckpt_path", str(path), "--data.data_dir", "data", "--output_dir", "ev"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1].startswith("error: ") and "scores some test images NaN or infinite" in err[-1]

@@ -150,7 +150,7 @@ def output_folder(config) -> Path:
 
 @one_line_errors(also=(MisconfigurationException,))
 def evaluate_main(args: list[str] | None = None) -> int:
-    from lightning_modules.inference.checkpoints import load_classifier
+    from lightning_modules.inference.checkpoints import CheckpointError, load_classifier
 
     check_config_files(sys.argv[1:] if args is None else args)  # --data FILE: not a FIFO, no "billion laughs"
     parser = build_parser()
@@ -201,6 +201,13 @@ def evaluate_main(args: list[str] | None = None) -> int:
     start = time.perf_counter()
     trainer.test(model, dataloaders=loader, verbose=True)
     seconds = time.perf_counter() - start
+    loss = trainer.callback_metrics.get(f"{config.split}/loss")
+    if loss is not None and not torch.isfinite(loss).all():
+        # Never a result with NaN in it: argmax of NaN scores is a class, so the accuracy is wrong too.
+        raise CheckpointError(
+            f"{config.ckpt_path} scores some {config.split} images NaN or infinite (its {config.split}/loss is "
+            f"{float(loss)}): damaged weights or a diverged run; {out}/report.md holds numbers not to trust"
+        )
     print(
         f"Scored {len(loader.dataset):,} {config.split} images in {seconds:.1f} s (tta {loaded.tta}): {out}/report.md"
     )
