@@ -101,21 +101,25 @@ def test_serve_on_a_port_in_use_is_one_line(stub_server, checkpoint, capsys):
 # --- predict cannot write its --output ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["a-folder-of-that-name", "under-a-file"])
-def test_predict_that_cannot_write_its_output_says_so_and_keeps_the_rows(checkpoint, tmp_path, capsys, where):
+def test_predict_that_cannot_write_its_output_says_so_and_keeps_the_rows(checkpoint, tmp_path, capsys):
     Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "red.png")
-    if where == "a-folder-of-that-name":
-        output = tmp_path / "preds.json"
-        output.mkdir()
-    else:
-        (tmp_path / "afile").write_text("a file, not a folder")
-        output = tmp_path / "afile" / "preds.json"
+    (tmp_path / "afile").write_text("a file, not a folder")
+    output = tmp_path / "afile" / "preds.json"
     assert predict_main(["--ckpt_path", str(checkpoint), str(tmp_path / "red.png"), "--output", str(output)]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{tmp_path / 'red.png'}\t")  # the row was printed all the same
     assert f"error: cannot write {output} (" in captured.err and "the rows above are complete" in captured.err
     assert "Traceback" not in captured.err and "wrote" not in captured.err
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_predict_to_an_output_that_is_a_folder_is_refused_before_reading_any_image(checkpoint, tmp_path, capsys):
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "red.png")
+    (tmp_path / "preds.json").mkdir()
+    args = ["--ckpt_path", str(checkpoint), str(tmp_path / "red.png"), "--output", str(tmp_path / "preds.json")]
+    assert exit_status(predict_main, args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "names a folder, not a file" in captured.err
 
 
 # --- --trainer.accelerator cuda without CUDA ------------------------------------------------------
