@@ -174,3 +174,16 @@ def test_seeds_out_of_range_are_refused_before_a_study_exists(work, capsys, args
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert not (work / "runs").exists()  # no study.db, no trial folder
+
+
+@pytest.mark.timeout(60)  # the bug this guards against is a hang
+@pytest.mark.parametrize("option", ["--space", "--config"])
+def test_a_fifo_as_the_space_or_a_config_is_refused_without_waiting(work, capsys, option):
+    import os
+
+    os.mkfifo(work / "pipe.yaml")  # no writer: reading it would wait forever
+    (work / "space.yaml").write_text(f"{LR}: {{type: float, low: 0.01, high: 0.1}}\n")
+    args = ["--space", "pipe.yaml"] if option == "--space" else ["--space", "space.yaml", "--config", "pipe.yaml"]
+    assert exit_status(sweep_main, [*args, "--n_trials", "1", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {option} pipe.yaml is not a regular file"), err

@@ -45,6 +45,7 @@ from datamodules.atomic_files import atomic_write
 from lightning_modules.cli.frame import (
     OneLineArgumentParser,
     UsageError,
+    check_config_files,
     expected_errors,
     one_line,
     one_line_errors,
@@ -172,6 +173,9 @@ def make_plan(args: argparse.Namespace, fit_args: list[str]) -> dict[str, Any]:
 
     if (args.space is None) == (args.seeds is None):
         raise UsageError("pass --space FILE (a search) or --seeds N (repeats of one recipe), not both or neither")
+    # A FIFO, a device, a YAML "billion laughs": refused before anything reads them.
+    named = [x for file in args.config for x in ("--config", file)] + (["--space", args.space] if args.space else [])
+    check_config_files(named)
     for file in args.config:
         if not Path(file).is_file():
             raise UsageError(f"--config {file}: no such file")
