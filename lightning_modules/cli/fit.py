@@ -226,10 +226,10 @@ class ClassifierCLI(LightningCLI):
         check_checkpoint_filename(self.config.checkpoint.filename)
         for option in ("checkpoint", "last_checkpoint"):
             dirpath = self.config[option].dirpath
-            existing = dirpath
-            while existing and not os.path.exists(existing) and os.path.dirname(existing) != existing:
-                existing = os.path.dirname(existing)  # the folder it would be made in: a file there fails too
-            if dirpath and existing and os.path.exists(existing) and not os.path.isdir(existing):
+            existing = Path(dirpath or ".")
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent  # the folder it would be made in: a file there fails too
+            if existing.exists() and not existing.is_dir():
                 raise UsageError(
                     f"--{option}.dirpath {dirpath}: {existing} is a file, where a folder is needed; name a folder"
                 )
@@ -636,8 +636,11 @@ def _same_class(saved, built) -> bool:
 
 
 def _init_args(spec) -> dict | None:
+    """A class spec's arguments: {} when it has none, None when they are not a mapping (a damaged file)."""
     args = spec.get("init_args") if isinstance(spec, dict) else None
-    return dict(args) if isinstance(args, dict) else None if args is not None else {}
+    if args is None:
+        return {}
+    return dict(args) if isinstance(args, dict) else None
 
 
 def _given_path(spec) -> str:
@@ -648,8 +651,8 @@ def _given_path(spec) -> str:
 def _describe(spec) -> str:
     if not isinstance(spec, dict):
         return repr(spec)
-    init_args = _init_args(spec)
+    name, init_args = str(spec.get("class_path", "?")).rsplit(".", 1)[-1], _init_args(spec)
     if init_args is None:
-        return f"{str(spec.get('class_path', '?')).rsplit('.', 1)[-1]}(init_args {spec.get('init_args')!r:.80})"
+        return f"{name}(init_args {spec.get('init_args')!r:.80})"
     args = ", ".join(f"{k}={v}" for k, v in sorted(init_args.items(), key=lambda kv: str(kv[0])))
-    return f"{str(spec.get('class_path', '?')).rsplit('.', 1)[-1]}({args})"
+    return f"{name}({args})"

@@ -127,8 +127,6 @@ def file_name(text: str) -> str:
 
 MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few KB
 MAX_CONFIG_VALUES = 100_000  # a recipe holds about a hundred; YAML aliases can multiply them past any memory
-
-
 CONFIG_OPTIONS = ("--config", "-c")  # LightningCLI's config file option and its short name
 NOT_CONFIGS = ("ckpt_path",)  # options whose file the command reads itself, never the parser
 
